@@ -1,0 +1,43 @@
+"""`kms-injector` console script: dispatch to a subcommand, importing only what it needs.
+
+Imports are lazy so `kms-injector agent` starts without loading aiohttp or the webhook.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, function, one-line help). Each function takes argv and returns an exit code.
+COMMANDS = {
+    "agent": ("injector.agent", "main", "run the in-pod agent (init or sidecar mode)"),
+    "webhook": ("webhook.server", "main", "run the mutating admission webhook over HTTPS"),
+    "inject": ("webhook.inject", "main", "mutate manifests offline, exactly as the webhook would"),
+    "dev-server": ("injector.devserver.cli", "main", "run a local KMS that speaks the KMS API"),
+    "demo": ("injector.demo", "main", "dev KMS + agent + example app: a rotation end to end"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: kms-injector COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<11} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "Run `kms-injector COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"kms-injector: unknown command {name!r}; use one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module_name, func_name, _ = COMMANDS[name]
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
