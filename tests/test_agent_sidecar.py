@@ -1,0 +1,193 @@
+"""`kms-injector agent --mode sidecar` as a real subprocess: rotation, SIGHUP, outages,
+credential rotation, health endpoints, SIGTERM. The dev KMS runs in-process on a real port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from injector.devserver.server import run_dev_kms
+from tests.agent_support import (
+    APP, CHAT, CLIENT_ID, CLIENT_SECRET, ENV, IDENTITY, PROJECT, SHARED, agent_args, aget, app_name, app_reloads,
+    free_port, metric, metrics, read_folder, seed, spawn, wait_for, write_credentials,
+)
+
+INTERVAL = 5.0  # the minimum refresh interval
+LOGIN = "POST /v1/auth/universal-auth/login"
+
+
+@pytest.fixture
+async def kms():
+    async with run_dev_kms(seed()) as server:
+        yield server
+
+
+def version(mount: Path) -> str:
+    return os.readlink(mount / "..data")
+
+
+async def start_sidecar(kms, tmp: Path, *extra: str, interval: float = INTERVAL, name: str = "sidecar"):
+    port = free_port()
+    agent = spawn(agent_args(kms.base_url, tmp / "secrets", tmp / "auth", "--refresh-interval", f"{interval:g}s",
+                             "--health-port", str(port), *extra), tmp, name)
+    return agent, port
+
+
+async def test_rotation_delete_and_one_sighup_per_change(kms, tmp_path: Path) -> None:
+    mount = tmp_path / "secrets"
+    write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
+    # As in a pod: the init container writes first, then the app starts, then the sidecar.
+    init = spawn(agent_args(kms.base_url, mount, tmp_path / "auth", mode="init"), tmp_path, "init")
+    assert await init.wait_exit() == 0, init.stderr()
+    name = app_name()
+    app = spawn([sys.executable, str(APP), str(mount)], tmp_path, "app", env={"KMS_APP_NAME": name})
+    agent = None
+    try:
+        await wait_for(lambda: "app: loaded" in app.stdout(), what="app start")
+        first_version = version(mount)
+        agent, port = await start_sidecar(kms, tmp_path, "--signal", "SIGHUP", "--signal-process", name)
+        await wait_for(lambda: agent.events("first_sync"), what="first sidecar sync")
+        # Same content as init wrote: no write, no signal.
+        assert agent.events("first_sync")[0]["changed"] is False
+        assert version(mount) == first_version
+        assert (await aget(f"http://127.0.0.1:{port}/readyz"))[0] == 200
+
+        kms.set_secret(PROJECT, ENV, "/chat", "API_KEY", "VALUE-api-rotated-41")
+        t0 = time.monotonic()
+        await wait_for(lambda: (mount / "API_KEY").read_text() == "VALUE-api-rotated-41", what="rotated value")
+        # One interval (+10% jitter), plus slack for a busy CI machine.
+        assert time.monotonic() - t0 < INTERVAL * 1.1 + 3
+        assert version(mount) != first_version
+        await wait_for(lambda: len(app_reloads(app)) == 1, what="app reload")
+        assert "(changed)" in app_reloads(app)[0] and "API_KEY" in app_reloads(app)[0]
+
+        # Unchanged cycles cost a 304 each and signal nobody.
+        body = await metrics(port)
+        seen = metric(body, "kms_agent_not_modified_total")
+        await wait_for(lambda: _metric_above(port, "kms_agent_not_modified_total", seen), timeout=20, what="a 304 cycle")
+        assert len(app_reloads(app)) == 1
+
+        kms.delete_secret(PROJECT, ENV, "/chat", "JWT_SECRET")
+        await wait_for(lambda: not os.path.lexists(mount / "JWT_SECRET"), what="deleted key gone")
+        await wait_for(lambda: len(app_reloads(app)) == 2, what="second reload")
+        expected = {**SHARED, **CHAT, "API_KEY": "VALUE-api-rotated-41"}
+        del expected["JWT_SECRET"]
+        assert read_folder(mount) == expected
+
+        body = await metrics(port)
+        assert metric(body, "kms_agent_changes_total") == 2
+        assert metric(body, "kms_agent_signals_total") == 2
+        assert metric(body, "kms_agent_sync_failures_total") == 0
+        assert metric(body, "kms_agent_ready") == 1
+        assert metric(body, "kms_agent_last_success_timestamp_seconds") > time.time() - 60
+        assert "VALUE-" not in body
+
+        # SIGTERM: exit 0 within one second.
+        t0 = time.monotonic()
+        agent.popen.send_signal(signal.SIGTERM)
+        rc = await asyncio.get_running_loop().run_in_executor(None, agent.popen.wait, 10)
+        assert rc == 0 and time.monotonic() - t0 < 1.0, (rc, time.monotonic() - t0)
+        assert read_folder(mount) == expected  # the files outlive the agent
+        logs = agent.stderr() + app.stdout()
+        assert not any(v in logs for v in (*CHAT.values(), "VALUE-api-rotated-41"))
+    finally:
+        app.stop()
+        if agent is not None:
+            agent.stop()
+    assert app.stdout().count("on SIGHUP") == 2
+
+
+async def _metric_above(port: int, name: str, value: float) -> bool:
+    return metric(await metrics(port), name) > value
+
+
+async def test_outage_keeps_files_backs_off_and_catches_up(kms, tmp_path: Path) -> None:
+    mount = tmp_path / "secrets"
+    write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
+    agent, port = await start_sidecar(kms, tmp_path)
+    try:
+        await wait_for(lambda: agent.events("first_sync"), what="first sync")
+        before, before_version = read_folder(mount), version(mount)
+
+        await kms.stop()
+        await wait_for(lambda: _metric_above(port, "kms_agent_sync_failures_total", 0), timeout=20, what="first failure")
+        t_fail = time.monotonic()
+        kms.set_secret(PROJECT, ENV, "/chat", "API_KEY", "VALUE-api-during-outage")  # lands in KMS state only
+        outage = 8.0
+        while time.monotonic() - t_fail < outage:  # the outage itself: files must stay as they were
+            assert read_folder(mount) == before and version(mount) == before_version
+            await asyncio.sleep(0.5)
+        body = await metrics(port)
+        failures = metric(body, "kms_agent_sync_failures_total")
+        # Capped exponential backoff (0.5 s doubling, full jitter): a handful of attempts in 8 s.
+        # A spinning agent makes thousands; a fixed 0.5 s retry makes 16.
+        assert 1 <= failures <= 12, failures
+        assert metric(body, "kms_agent_healthy") == 0
+        assert (await aget(f"http://127.0.0.1:{port}/readyz"))[0] == 200  # last good files still serve
+
+        await kms.start()
+        t_back = time.monotonic()
+        await wait_for(lambda: (mount / "API_KEY").read_text() == "VALUE-api-during-outage", timeout=30, what="catch-up")
+        assert time.monotonic() - t_back < INTERVAL + 3  # backoff is capped at the interval
+        await wait_for(lambda: agent.events("sync_recovered"), what="recovery logged")
+        # State changes are logged, not every attempt.
+        assert len(agent.events("sync_failing")) == 1
+        assert len(agent.events("sync_recovered")) == 1
+        assert agent.events("sync_recovered")[0]["failed_attempts"] >= failures
+        assert metric(await metrics(port), "kms_agent_healthy") == 1
+    finally:
+        agent.stop()
+
+
+async def test_replaced_credentials_lead_to_a_fresh_login(kms, tmp_path: Path) -> None:
+    write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
+    # A long interval: only the credentials watch can explain a prompt fetch.
+    agent, port = await start_sidecar(kms, tmp_path, interval=300)
+    try:
+        await wait_for(lambda: agent.events("first_sync"), what="first sync")
+        assert kms.stats()["routes"][LOGIN] == 1
+        new_secret = "agent-test-secret-rotated-77aa"
+        kms.state.identity(IDENTITY).client_secret = new_secret  # rotate in KMS: the old one stops working
+        kms.state.expire_tokens(IDENTITY)
+        write_credentials(tmp_path / "auth", CLIENT_ID, new_secret)  # kubelet's ..data swap
+        await wait_for(lambda: agent.events("credentials_changed"), timeout=20, what="credentials change noticed")
+        await wait_for(lambda: _metric_above(port, "kms_agent_syncs_total", 1), timeout=20, what="sync with new credentials")
+        stats = kms.stats()
+        assert stats["routes"][LOGIN] == 2 and stats["statuses"].get("401", 0) == 0
+        assert not agent.events("sync_failing")
+        assert new_secret not in agent.stderr() and CLIENT_SECRET not in agent.stderr()
+    finally:
+        agent.stop()
+
+
+async def test_health_endpoints_and_fixing_wrong_credentials(kms, tmp_path: Path) -> None:
+    write_credentials(tmp_path / "auth", CLIENT_ID, "wrong-secret-0000")
+    agent, port = await start_sidecar(kms, tmp_path, interval=300)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await wait_for(lambda: _metric_above(port, "kms_agent_sync_failures_total", 0) if agent.events("health_listening") else False,
+                       what="a failed sync")
+        assert await aget(f"{url}/healthz") == (200, "ok\n")
+        status, body = await aget(f"{url}/readyz")
+        assert status == 503 and "no successful sync" in body
+        assert (await aget(f"{url}/nope"))[0] == 404
+        body = await metrics(port)
+        assert "# TYPE kms_agent_syncs_total counter" in body
+        assert metric(body, "kms_agent_ready") == 0 and metric(body, "kms_agent_syncs_total") == 0
+
+        write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)  # the Secret gets fixed
+        await wait_for(lambda: _ready(url), timeout=20, what="ready after the credentials were fixed")
+        assert read_folder(tmp_path / "secrets")["API_KEY"] == CHAT["API_KEY"]
+        assert "wrong-secret-0000" not in agent.stderr()
+    finally:
+        agent.stop()
+
+
+async def _ready(url: str) -> bool:
+    return (await aget(f"{url}/readyz"))[0] == 200

@@ -1,0 +1,198 @@
+"""notify.py with real processes and real signals."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from injector.log import Logger
+from injector.notify import find_processes, process_matches, run_command, send_signal
+
+# Counts SIGHUPs; on SIGUSR1 writes the final count and exits. Each count is written to a file.
+COUNTER = r"""
+import os, signal, sys, time
+out = sys.argv[1]
+count = 0
+done = False
+def write(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+def on_hup(signum, frame):
+    global count
+    count += 1
+    write(out, str(count))
+def on_usr1(signum, frame):
+    global done
+    done = True
+signal.signal(signal.SIGHUP, on_hup)
+signal.signal(signal.SIGUSR1, on_usr1)
+write(out, "0")
+while not done:
+    time.sleep(0.01)
+write(out + ".final", str(count))
+"""
+
+
+def wait_for(cond, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def logger() -> tuple[Logger, io.StringIO]:
+    stream = io.StringIO()
+    return Logger("notify", stream=stream), stream
+
+
+def events(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+# -- matching (pure) -----------------------------------------------------------------------------
+
+
+def test_match_rules():
+    assert process_matches("myapp", "myapp", ["/usr/bin/myapp", "--flag"])
+    assert process_matches("myapp", "other", ["/usr/local/bin/myapp"])
+    assert process_matches("nginx", "nginx", ["nginx: worker process"])  # argv rewritten, comm not
+    assert process_matches("app.py", "python3", ["python3", "-u", "examples/app.py"])
+    assert process_matches("server.js", "node", ["/usr/bin/node", "--inspect", "dist/server.js", "x"])
+    assert process_matches("a-very-long-process-name", "a-very-long-pro", ["/x/a-very-long-process-name"])
+    assert not process_matches("app.py", "python3", ["python3", "other.py", "app.py"])  # only the script
+    assert not process_matches("app.py", "myapp", ["/usr/bin/myapp", "app.py"])  # not an interpreter
+    assert not process_matches("app", "app", [])  # kernel threads and zombies have no cmdline
+    assert not process_matches("", "x", ["x"])
+
+
+# -- real processes --------------------------------------------------------------------------------
+
+
+def start_counter(tmp_path: Path) -> tuple[subprocess.Popen, str, Path]:
+    name = f"hupcount_{uuid.uuid4().hex[:8]}.py"  # unique: other test workers run python too
+    script = tmp_path / name
+    script.write_text(COUNTER)
+    out = tmp_path / "count"
+    proc = subprocess.Popen([sys.executable, "-u", str(script), str(out)])
+    wait_for(lambda: read(out) == "0" or proc.poll() is not None, what="counter ready")
+    assert proc.poll() is None
+    return proc, name, out
+
+
+def test_child_gets_exactly_the_signals_sent(tmp_path):
+    proc, name, out = start_counter(tmp_path)
+    try:
+        assert find_processes(name) == [proc.pid]
+        log, stream = logger()
+        for i in range(1, 4):
+            assert send_signal(name, "SIGHUP", logger=log) == [proc.pid]
+            wait_for(lambda: read(out) == str(i), what=f"SIGHUP #{i} counted")
+        assert send_signal(name, "USR1", logger=log) == [proc.pid]
+        assert proc.wait(timeout=30) == 0
+        assert read(tmp_path / "count.final") == "3"
+        sent = [e for e in events(stream) if e["event"] == "signal_sent"]
+        assert len(sent) == 4 and sent[0]["signal"] == "SIGHUP" and sent[0]["pids"] == [proc.pid]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_match_by_comm_and_argv0_of_a_real_binary(tmp_path):
+    name = f"kmsn{uuid.uuid4().hex[:8]}"  # <= 15 bytes, so comm carries it whole
+    exe = tmp_path / name
+    os.symlink(sys.executable, exe)
+    proc = subprocess.Popen([str(exe), "-S", "-c", "import time; time.sleep(60)"])
+    try:
+        wait_for(lambda: find_processes(name) == [proc.pid], what="process visible in /proc")
+        comm = Path(f"/proc/{proc.pid}/comm").read_text().strip()
+        assert comm == name
+        # SIGTERM is a signal it does not handle: the process ends, proving delivery
+        assert send_signal(name, "SIGTERM", logger=logger()[0]) == [proc.pid]
+        assert proc.wait(timeout=30) == -15
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_never_signals_itself():
+    own_comm = Path("/proc/self/comm").read_text().strip()
+    assert os.getpid() not in find_processes(own_comm)
+
+
+def test_missing_process_is_a_warning_not_a_crash():
+    log, stream = logger()
+    name = f"no-such-proc-{uuid.uuid4().hex[:8]}"
+    assert send_signal(name, "SIGHUP", logger=log) == []
+    (ev,) = events(stream)
+    assert ev["level"] == "warning" and ev["event"] == "signal_no_process" and ev["process"] == name
+
+
+def test_bad_signal_name_is_a_clear_error():
+    try:
+        send_signal("x", "SIGNOPE", logger=logger()[0])
+    except ValueError as exc:
+        assert "SIGNOPE" in str(exc) and "SIGHUP" in str(exc)
+    else:
+        raise AssertionError("no error for a bad signal name")
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+
+async def test_command_exit_status_is_reported_and_output_never_logged(capfd):
+    log, stream = logger()
+    marker = f"SECRETMARK-{uuid.uuid4().hex}"
+    ok = await run_command(["sh", "-c", f"echo {marker}; echo {marker} >&2; exit 0"], timeout=20, logger=log)
+    bad = await run_command(["sh", "-c", f"echo {marker}; exit 3"], timeout=20, logger=log)
+    assert ok.ok and ok.returncode == 0 and not ok.timed_out
+    assert bad.returncode == 3 and not bad.ok
+    captured = capfd.readouterr()
+    assert marker not in stream.getvalue() + captured.out + captured.err
+    done = [e for e in events(stream) if e["event"] == "command_done"]
+    assert [e["exit_code"] for e in done] == [0, 3] and all(e["command"] == "sh" for e in done)
+    assert all("duration_ms" in e for e in done)
+
+
+async def test_command_timeout_kills_it_and_its_children(tmp_path):
+    log, stream = logger()
+    pidfile = tmp_path / "child.pid"
+    t0 = time.monotonic()
+    result = await run_command(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], timeout=0.5, logger=log)
+    elapsed = time.monotonic() - t0
+    assert result.timed_out and result.returncode is None and not result.ok
+    assert elapsed < 15
+    child = int(pidfile.read_text())
+
+    def gone() -> bool:
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            return state == "Z"  # killed, waiting for init to reap it
+        except FileNotFoundError:
+            return True
+
+    wait_for(gone, what="background child killed with the group")
+    assert any(e["event"] == "command_timeout" for e in events(stream))
+
+
+async def test_command_not_found_is_a_result_not_an_exception():
+    log, stream = logger()
+    result = await run_command([f"/nonexistent/cmd-{uuid.uuid4().hex[:6]}"], timeout=5, logger=log)
+    assert result.returncode is None and not result.ok and "could not start" in result.error
+    assert events(stream)[0]["event"] == "command_failed"

@@ -1,0 +1,409 @@
+"""Cluster-wide webhook settings: defaults, allowed KMS hosts, excluded namespaces, path policies.
+
+Loaded once from a YAML file (a ConfigMap in the cluster). Keys may be written snake_case
+(`allowed_hosts`) or camelCase (`allowedHosts`); unknown keys are refused so a typo never silently
+turns a policy off. Every error names the field (e.g. `path_policies[2].paths[0]`).
+
+Path policies are opt-in: a policy applies to a pod when its namespace (and, if the policy lists
+any, its service account) match. When one or more policies apply, every (project, path) the pod
+asks for must be allowed by at least one of them. When none applies, `default_policy` decides:
+`allow` (the default: no policy, no restriction) or `deny`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from injector.config import (
+    APIS,
+    DEFAULT_HEALTH_PORT,
+    MAX_REFRESH_SECONDS,
+    MIN_REFRESH_SECONDS,
+    ConfigError,
+    _check_host,
+    normalize_path,
+    parse_duration,
+)
+
+DEFAULT_HOST = "http://kms.hanzo.svc.cluster.local/api"
+DEFAULT_EXCLUDED_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_SLUG_GLOB = re.compile(r"^[A-Za-z0-9_.*-]{1,64}$")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
+# Kubernetes resource.Quantity (the common forms): 10m, 0.5, 24Mi, 1G, 1e3.
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|e[0-9]+|E[0-9]+)?$")
+_SUFFIX = {
+    None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}
+
+
+def _agent_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("kms-injector")
+    except Exception:  # not installed as a distribution (e.g. running from a source tree)
+        return "0.1.0"
+
+
+class SettingsError(ValueError):
+    """A settings value is wrong: `field` names it (dotted/indexed), the message says what is accepted."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"settings {field_name}: {message}")
+        self.field = field_name
+        self.detail = message
+
+
+def parse_quantity(value: str) -> float | None:
+    """A Kubernetes quantity string -> its numeric value, or None when it is not one."""
+    m = _QUANTITY.match(value.strip()) if isinstance(value, str) else None
+    if not m:
+        return None
+    number, suffix = float(m.group(1)), m.group(2)
+    if suffix and suffix[0] in "eE" and len(suffix) > 1:
+        return number * 10 ** int(suffix[1:])
+    return number * _SUFFIX[suffix]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Agent container resources. Empty string = not set. Annotations may override requests only."""
+
+    cpu_request: str = "10m"
+    memory_request: str = "24Mi"
+    cpu_limit: str = ""  # no CPU limit by default: throttling an agent only delays rotations
+    memory_limit: str = "64Mi"
+
+    def to_k8s(self, cpu_request: str | None = None, memory_request: str | None = None) -> dict[str, dict[str, str]]:
+        requests = {"cpu": cpu_request or self.cpu_request, "memory": memory_request or self.memory_request}
+        limits = {"cpu": self.cpu_limit, "memory": self.memory_limit}
+        out = {"requests": {k: v for k, v in requests.items() if v}, "limits": {k: v for k, v in limits.items() if v}}
+        return {k: v for k, v in out.items() if v}
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    image: str = field(default_factory=lambda: f"ghcr.io/hanzoai/kms-injector-agent:{_agent_version()}")
+    image_pull_policy: str = "IfNotPresent"
+    resources: Resources = field(default_factory=Resources)
+    health_port: int = DEFAULT_HEALTH_PORT
+    # The agent image's non-root user; used unless signalling needs the app's uid.
+    run_as_user: int = 65532
+    run_as_group: int = 65532
+
+
+@dataclass(frozen=True)
+class KubernetesAuthSettings:
+    """Projected service-account token for `kms.hanzo.ai/auth: kubernetes`."""
+
+    audience: str = "kms.hanzo.ai"
+    expiration_seconds: int = 600  # the shortest kubelet allows; kubelet rotates at 80% of it
+
+
+@dataclass(frozen=True)
+class PathPolicy:
+    """Pods in `namespaces` (and, when given, running as one of `service_accounts`) may read only
+    these projects and paths. `*` in namespaces/service_accounts/projects matches any; path globs
+    use `*` for one segment and `**` for any depth (`/chat/**` also matches `/chat`)."""
+
+    namespaces: tuple[str, ...]
+    projects: tuple[str, ...]
+    paths: tuple[str, ...]
+    service_accounts: tuple[str, ...] = ()
+
+    def applies_to(self, namespace: str, service_account: str) -> bool:
+        if "*" not in self.namespaces and namespace not in self.namespaces:
+            return False
+        return not self.service_accounts or "*" in self.service_accounts or service_account in self.service_accounts
+
+    def allows(self, project: str, path: str) -> bool:
+        if not any(_slug_match(p, project) for p in self.projects):
+            return False
+        return any(_path_regex(g).match(path) for g in self.paths)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = DEFAULT_HOST
+    project: str = "secrets-639-c"
+    env: str = "prod"
+    api: str = "auto"
+    refresh_interval: float = 60.0
+    mount_path: str = "/kms/secrets"
+    auth_secret: str = "universal-auth-credentials"
+    secrets_size_limit: str = "16Mi"  # tmpfs emptyDir sizeLimit for the secrets volume
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    kubernetes_auth: KubernetesAuthSettings = field(default_factory=KubernetesAuthSettings)
+    # The settings' own host is always allowed; list any others a pod may name.
+    allowed_hosts: tuple[str, ...] = ()
+    excluded_namespaces: tuple[str, ...] = DEFAULT_EXCLUDED_NAMESPACES
+    path_policies: tuple[PathPolicy, ...] = ()
+    default_policy: str = "allow"
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def host_allowed(self, host: str) -> bool:
+        h = host.rstrip("/")
+        return h == self.host.rstrip("/") or any(h == a.rstrip("/") for a in self.allowed_hosts)
+
+    def check_path(self, namespace: str, service_account: str, project: str, path: str) -> str | None:
+        """None when allowed, else a sentence saying why not (for the admission message)."""
+        matching = [p for p in self.path_policies if p.applies_to(namespace, service_account)]
+        if not matching:
+            if self.default_policy == "allow":
+                return None
+            return (f"no path policy covers namespace {namespace!r} service account {service_account!r} "
+                    "and the default policy is deny; ask the cluster operator to add one")
+        if any(p.allows(project, path) for p in matching):
+            return None
+        allowed = "; ".join(f"projects {', '.join(p.projects)} paths {', '.join(p.paths)}" for p in matching)
+        return (f"project {project!r} path {path!r} is outside the path policy for namespace {namespace!r} "
+                f"service account {service_account!r} (allowed: {allowed})")
+
+
+# -- glob helpers ---------------------------------------------------------------------------------
+def _slug_match(pattern: str, value: str) -> bool:
+    if "*" not in pattern:
+        return pattern == value
+    return re.fullmatch(re.escape(pattern).replace(r"\*", "[^/]*"), value) is not None
+
+
+@lru_cache(maxsize=1024)
+def _path_regex(glob: str) -> re.Pattern[str]:
+    """`/a/*/c` one segment per `*`; `/a/**` = /a and everything below; `/**` = every path."""
+    if glob.endswith("/**"):
+        base = glob[:-3]
+        head = _segments_regex(base)
+        return re.compile(f"^{head}(/.*)?$" if base else "^/.*$")
+    return re.compile(f"^{_segments_regex(glob)}$" if glob != "/" else "^/$")
+
+
+def _segments_regex(glob: str) -> str:
+    out = []
+    for seg in glob.split("/")[1:]:
+        if seg == "**":
+            out.append("(/[^/]+)*")
+        else:
+            out.append("/" + re.escape(seg).replace(r"\*", "[^/]*"))
+    return "".join(out)
+
+
+# -- validation -----------------------------------------------------------------------------------
+def _validate(s: Settings) -> None:
+    try:
+        _check_host(s.host)
+    except ConfigError as exc:
+        raise SettingsError("host", exc.detail) from None
+    for i, h in enumerate(s.allowed_hosts):
+        try:
+            _check_host(h)
+        except ConfigError as exc:
+            raise SettingsError(f"allowed_hosts[{i}]", exc.detail) from None
+    for name in ("project", "env"):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", getattr(s, name)):
+            raise SettingsError(name, f"{getattr(s, name)!r} is not a slug ([A-Za-z0-9_.-], up to 64)")
+    if s.api not in APIS:
+        raise SettingsError("api", f"{s.api!r} is not accepted; use one of {', '.join(APIS)}")
+    if not MIN_REFRESH_SECONDS <= s.refresh_interval <= MAX_REFRESH_SECONDS:
+        raise SettingsError("refresh_interval", f"{s.refresh_interval:g}s is out of range; use 5s to 24h")
+    if not re.fullmatch(r"(/[A-Za-z0-9_.-]+)+", s.mount_path) or "/../" in s.mount_path + "/":
+        raise SettingsError("mount_path", f"{s.mount_path!r} is not an absolute directory path such as /kms/secrets")
+    if not _DNS_SUBDOMAIN.match(s.auth_secret):
+        raise SettingsError("auth_secret", f"{s.auth_secret!r} is not a Secret name (lowercase DNS subdomain)")
+    _quantity("secrets_size_limit", s.secrets_size_limit, required=True)
+    a = s.agent
+    if not _IMAGE.match(a.image):
+        raise SettingsError("agent.image", f"{a.image!r} is not an image reference such as ghcr.io/hanzoai/kms-injector-agent:0.1.0")
+    if a.image_pull_policy not in IMAGE_PULL_POLICIES:
+        raise SettingsError("agent.image_pull_policy", f"{a.image_pull_policy!r} is not accepted; use one of {', '.join(IMAGE_PULL_POLICIES)}")
+    if not 1024 <= a.health_port <= 65535:
+        raise SettingsError("agent.health_port", f"{a.health_port!r} is not accepted; use a port from 1024 to 65535 (the agent runs non-root)")
+    for name in ("run_as_user", "run_as_group"):
+        if not 1 <= getattr(a, name) <= 2**31 - 1:
+            raise SettingsError(f"agent.{name}", f"{getattr(a, name)!r} is not accepted; use a non-root id (1 .. 2147483647)")
+    r = a.resources
+    for kind in ("cpu", "memory"):  # named as in the YAML: agent.resources.requests.cpu
+        _quantity(f"agent.resources.requests.{kind}", getattr(r, f"{kind}_request"), required=False)
+        _quantity(f"agent.resources.limits.{kind}", getattr(r, f"{kind}_limit"), required=False)
+        req, lim = getattr(r, f"{kind}_request"), getattr(r, f"{kind}_limit")
+        if req and lim and parse_quantity(req) > parse_quantity(lim):  # type: ignore[operator]
+            raise SettingsError(f"agent.resources.requests.{kind}", f"{req} is above the limit {lim}")
+    k = s.kubernetes_auth
+    if not k.audience or len(k.audience) > 256 or any(c.isspace() for c in k.audience):
+        raise SettingsError("kubernetes_auth.audience", f"{k.audience!r} is not an audience (non-empty, no spaces, up to 256)")
+    if not 600 <= k.expiration_seconds <= 2**32:
+        raise SettingsError("kubernetes_auth.expiration_seconds", f"{k.expiration_seconds!r} is not accepted; kubelet requires at least 600")
+    for i, ns in enumerate(s.excluded_namespaces):
+        if not _DNS_LABEL.match(ns):
+            raise SettingsError(f"excluded_namespaces[{i}]", f"{ns!r} is not a namespace name")
+    if s.default_policy not in ("allow", "deny"):
+        raise SettingsError("default_policy", f"{s.default_policy!r} is not accepted; use allow or deny")
+    for i, p in enumerate(s.path_policies):
+        where = f"path_policies[{i}]"
+        if not p.namespaces:
+            raise SettingsError(f"{where}.namespaces", "must list at least one namespace (or '*')")
+        if not p.projects:
+            raise SettingsError(f"{where}.projects", "must list at least one project (or '*')")
+        if not p.paths:
+            raise SettingsError(f"{where}.paths", "must list at least one path glob such as /chat/**")
+        for j, ns in enumerate(p.namespaces):
+            if ns != "*" and not _DNS_LABEL.match(ns):
+                raise SettingsError(f"{where}.namespaces[{j}]", f"{ns!r} is not a namespace name or '*'")
+        for j, sa in enumerate(p.service_accounts):
+            if sa != "*" and not _DNS_SUBDOMAIN.match(sa):
+                raise SettingsError(f"{where}.service_accounts[{j}]", f"{sa!r} is not a service account name or '*'")
+        for j, pr in enumerate(p.projects):
+            if not _SLUG_GLOB.match(pr):
+                raise SettingsError(f"{where}.projects[{j}]", f"{pr!r} is not a project slug or glob")
+        for j, g in enumerate(p.paths):
+            if not isinstance(g, str) or not g.startswith("/") or "\x00" in g or any(seg in (".", "..") for seg in g.split("/")):
+                raise SettingsError(f"{where}.paths[{j}]", f"{g!r} is not a path glob such as /chat, /chat/** or /**")
+            if not re.fullmatch(r"(/([A-Za-z0-9_.*-]+))*(/\*\*)?/?|/", g):
+                raise SettingsError(f"{where}.paths[{j}]", f"{g!r} has characters a KMS path cannot have; use [A-Za-z0-9_.-], * and **")
+
+
+def _quantity(name: str, value: Any, required: bool) -> None:
+    if not isinstance(value, str) or (required and not value) or (value and parse_quantity(value) is None):
+        raise SettingsError(name, f"{value!r} is not a Kubernetes quantity such as 10m, 24Mi or 1Gi")
+
+
+# -- loading --------------------------------------------------------------------------------------
+def _snake(key: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), key)
+
+
+def _mapping(data: Any, where: str, cls: type) -> dict[str, Any]:
+    """Normalise keys to snake_case and refuse unknown ones, naming them and the accepted set."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(where or "(top level)", f"must be a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = _snake(str(key))
+        if name not in known:
+            prefix = f"{where}." if where else ""
+            raise SettingsError(f"{prefix}{key}", f"unknown setting; accepted: {', '.join(sorted(known))}")
+        out[name] = value
+    return out
+
+
+def _str(value: Any, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise SettingsError(where, f"{value!r} must be a string")
+    return str(value)
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingsError(where, f"{value!r} must be an integer")
+    return value
+
+
+def _strlist(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise SettingsError(where, f"must be a list of strings, got {type(value).__name__}")
+    return tuple(_str(v, f"{where}[{i}]") for i, v in enumerate(value))
+
+
+def settings_from_dict(data: Any) -> Settings:
+    """A parsed YAML document -> Settings (defaults for whatever is missing)."""
+    top = _mapping(data, "", Settings)
+    kw: dict[str, Any] = {}
+    for name in ("host", "project", "env", "api", "mount_path", "auth_secret", "secrets_size_limit", "default_policy"):
+        if name in top:
+            kw[name] = _str(top[name], name)
+    if "refresh_interval" in top:
+        try:
+            kw["refresh_interval"] = parse_duration(top["refresh_interval"], "refresh_interval")
+        except ConfigError as exc:
+            raise SettingsError("refresh_interval", exc.detail) from None
+    if "mount_path" in kw:
+        try:
+            kw["mount_path"] = normalize_path(kw["mount_path"], "mount_path")
+        except ConfigError as exc:
+            raise SettingsError("mount_path", exc.detail) from None
+    for name in ("allowed_hosts", "excluded_namespaces"):
+        if name in top:
+            kw[name] = _strlist(top[name] if top[name] is not None else [], name)
+    if "agent" in top:
+        a = _mapping(top["agent"], "agent", AgentSettings)
+        akw: dict[str, Any] = {}
+        for name in ("image", "image_pull_policy"):
+            if name in a:
+                akw[name] = _str(a[name], f"agent.{name}")
+        for name in ("health_port", "run_as_user", "run_as_group"):
+            if name in a:
+                akw[name] = _int(a[name], f"agent.{name}")
+        if "resources" in a:
+            akw["resources"] = _resources(a["resources"])
+        kw["agent"] = AgentSettings(**akw)
+    if "kubernetes_auth" in top:
+        k = _mapping(top["kubernetes_auth"], "kubernetes_auth", KubernetesAuthSettings)
+        kkw: dict[str, Any] = {}
+        if "audience" in k:
+            kkw["audience"] = _str(k["audience"], "kubernetes_auth.audience")
+        if "expiration_seconds" in k:
+            kkw["expiration_seconds"] = _int(k["expiration_seconds"], "kubernetes_auth.expiration_seconds")
+        kw["kubernetes_auth"] = KubernetesAuthSettings(**kkw)
+    if "path_policies" in top:
+        raw = top["path_policies"] or []
+        if not isinstance(raw, list):
+            raise SettingsError("path_policies", "must be a list of {namespaces, serviceAccounts, projects, paths}")
+        policies = []
+        for i, item in enumerate(raw):
+            p = _mapping(item, f"path_policies[{i}]", PathPolicy)
+            for req in ("namespaces", "projects", "paths"):
+                if req not in p:
+                    raise SettingsError(f"path_policies[{i}].{req}", "is required")
+            policies.append(PathPolicy(**{k: _strlist(v, f"path_policies[{i}].{k}") for k, v in p.items()}))
+        kw["path_policies"] = tuple(policies)
+    return Settings(**kw)
+
+
+def _resources(data: Any) -> Resources:
+    """Accept the Kubernetes shape {requests: {cpu, memory}, limits: {cpu, memory}}."""
+    if not isinstance(data, dict):
+        raise SettingsError("agent.resources", "must be {requests: {cpu, memory}, limits: {cpu, memory}}")
+    kw: dict[str, str] = {}
+    for part in data:
+        if part not in ("requests", "limits"):
+            raise SettingsError(f"agent.resources.{part}", "unknown; accepted: requests, limits")
+        section = data[part] or {}
+        if not isinstance(section, dict):
+            raise SettingsError(f"agent.resources.{part}", "must be a mapping of cpu/memory to quantities")
+        for kind, value in section.items():
+            if kind not in ("cpu", "memory"):
+                raise SettingsError(f"agent.resources.{part}.{kind}", "unknown; accepted: cpu, memory")
+            suffix = "request" if part == "requests" else "limit"
+            kw[f"{kind}_{suffix}"] = _str(value, f"agent.resources.{part}.{kind}")
+    return Resources(**kw)
+
+
+def load_settings(path: str) -> Settings:
+    """Read a settings YAML file. Errors name the file and the field."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise SettingsError("file", f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SettingsError("file", f"{path} is not valid YAML{where}") from None
+    return settings_from_dict(data if data is not None else {})

@@ -1,0 +1,212 @@
+"""The webhook's serving certificate: load a cert/key pair from files and hot-reload it.
+
+How the reload works (verified by tests/test_webhook_server.py): the listening socket keeps ONE
+outer SSLContext for its whole life. Its SNI callback (OpenSSL calls it on every ClientHello, with
+or without an SNI extension) switches each new handshake to the context built from the newest good
+pair. A changed pair is loaded into a *fresh* context first, so a broken or half-written pair
+(mismatched key, truncated PEM) never touches what is being served: the old one stays, an error is
+logged. Established connections keep the context they handshook with; nothing restarts.
+
+Files are watched with watchfiles (inotify) on their directories, which also sees Kubernetes
+Secret volume updates (an atomic `..data` symlink swap), plus a slow poll as a safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from injector.log import Logger, get_logger
+
+
+@dataclass(frozen=True)
+class LoadedPair:
+    context: ssl.SSLContext
+    digest: str       # sha256 of cert + key bytes: cheap change detection
+    serial: int
+    not_after: float  # unix time
+
+
+def new_server_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def build_context(cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> LoadedPair:
+    """Read and validate a pair into a new context. Raises ValueError naming what is wrong.
+
+    Blocking (file reads, key parsing): call it off the event loop.
+    """
+    from webhook import certs
+
+    try:
+        cert_bytes = Path(cert_path).read_bytes()
+        key_bytes = Path(key_path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read certificate or key: {exc.strerror or exc} ({exc.filename})") from None
+    try:
+        cert = certs.load_cert(cert_bytes)
+    except ValueError:
+        raise ValueError(f"{cert_path}: not a PEM certificate") from None
+    if not certs.key_matches_cert(cert_bytes, key_bytes):
+        raise ValueError(f"{key_path}: not a PEM private key matching {cert_path}")
+    ctx = new_server_context()
+    # Load from private copies of the bytes we validated, so a file swapped between the check and
+    # the load cannot slip in unchecked.
+    with tempfile.TemporaryDirectory(prefix="kms-tls-") as tmp:
+        c, k = Path(tmp, "tls.crt"), Path(tmp, "tls.key")
+        c.write_bytes(cert_bytes)
+        fd = os.open(k, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key_bytes)
+        try:
+            ctx.load_cert_chain(c, k)
+        except ssl.SSLError as exc:
+            raise ValueError(f"{cert_path}/{key_path}: rejected by OpenSSL ({exc.reason or exc})") from None
+    digest = hashlib.sha256(cert_bytes + b"\0" + key_bytes).hexdigest()
+    return LoadedPair(ctx, digest, cert.serial_number, cert.not_valid_after_utc.timestamp())
+
+
+def file_digest(cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> str | None:
+    try:
+        return hashlib.sha256(Path(cert_path).read_bytes() + b"\0" + Path(key_path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+class CertReloader:
+    """Serves the newest good pair from `cert_path`/`key_path`; `loaded` once one was served."""
+
+    def __init__(self, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str], *,
+                 log: Logger | None = None, poll_interval: float = 10.0,
+                 on_reload: Callable[[bool], Any] | None = None) -> None:
+        self.cert_path = Path(cert_path)
+        self.key_path = Path(key_path)
+        self.log = log or get_logger("webhook.tls")
+        self.poll_interval = poll_interval
+        self.on_reload = on_reload  # called with True (new pair served) or False (bad pair kept old)
+        self.current: LoadedPair | None = None
+        self._failed_digest: str | None = None
+        self.server_context = new_server_context()
+        self.server_context.sni_callback = self._pick_context
+        self._install_placeholder()
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        return self.current is not None
+
+    def _pick_context(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        cur = self.current
+        if cur is not None:
+            sslobj.context = cur.context
+        return None
+
+    def _install_placeholder(self) -> None:
+        """A throwaway self-signed cert so the port answers (liveness) before the real one exists.
+
+        Not trusted by anyone; /readyz stays false until a real pair is loaded, so no admission is
+        routed here meanwhile. Needs a writable temp dir; without one, handshakes simply fail.
+        """
+        from webhook import certs
+
+        try:
+            pair = certs.generate_ca("kms-injector-placeholder")
+            with tempfile.TemporaryDirectory(prefix="kms-tls-") as tmp:
+                c, k = Path(tmp, "p.crt"), Path(tmp, "p.key")
+                c.write_bytes(pair.cert_pem)
+                k.write_bytes(pair.key_pem)
+                self.server_context.load_cert_chain(c, k)
+        except OSError as exc:
+            self.log.warning("tls_placeholder_unavailable", error=type(exc).__name__)
+
+    # -- loading ------------------------------------------------------------------------------
+    def load_now(self) -> bool:
+        """Synchronous first load (before the loop serves). True when a pair is being served."""
+        return self._apply(self._try_build())
+
+    async def reload(self) -> bool:
+        """Reload if the files changed. True when a new pair was installed."""
+        digest = await asyncio.to_thread(file_digest, self.cert_path, self.key_path)
+        if digest is None or (self.current and digest == self.current.digest) or digest == self._failed_digest:
+            return False
+        result = await asyncio.to_thread(self._try_build)
+        if isinstance(result, str):
+            # A writer replacing key and cert one after the other: give it a moment, then re-read.
+            await asyncio.sleep(0.2)
+            if await asyncio.to_thread(file_digest, self.cert_path, self.key_path) != digest:
+                result = await asyncio.to_thread(self._try_build)
+        return self._apply(result)
+
+    def _try_build(self) -> LoadedPair | str:
+        try:
+            return build_context(self.cert_path, self.key_path)
+        except ValueError as exc:
+            return str(exc)
+
+    def _apply(self, result: LoadedPair | str) -> bool:
+        if isinstance(result, str):
+            self._failed_digest = file_digest(self.cert_path, self.key_path)
+            if self.current is None:
+                self.log.warning("tls_cert_unavailable", reason=result, cert=str(self.cert_path))
+            else:
+                self.log.error("tls_reload_failed", reason=result, cert=str(self.cert_path), kept_serial=f"{self.current.serial:x}")
+            if self.on_reload:
+                self.on_reload(False)
+            return False
+        old = self.current
+        self.current = result
+        self._failed_digest = None
+        self.log.info("tls_cert_loaded" if old is None else "tls_cert_reloaded", cert=str(self.cert_path),
+                      serial=f"{result.serial:x}", not_after=int(result.not_after))
+        if self.on_reload:
+            self.on_reload(True)
+        return True
+
+    # -- watching -----------------------------------------------------------------------------
+    async def watch(self, stop: asyncio.Event | None = None) -> None:
+        """Reload on file changes until `stop` is set (or the task is cancelled)."""
+        stop = stop or asyncio.Event()
+        dirs = sorted({str(self.cert_path.parent), str(self.key_path.parent)})
+        poller = asyncio.create_task(self._poll(stop))
+        try:
+            while not stop.is_set():
+                existing = [d for d in dirs if os.path.isdir(d)]
+                if not existing:
+                    await _wait(stop, 1.0)
+                    continue
+                await self.reload()  # a change made before the watcher started is not lost
+                try:
+                    import watchfiles
+
+                    async for _changes in watchfiles.awatch(*existing, stop_event=stop, debounce=50, step=20,
+                                                            recursive=False, rust_timeout=1000):
+                        await self.reload()
+                except (OSError, RuntimeError) as exc:  # dir vanished, inotify limits: the poll covers us
+                    self.log.warning("tls_watch_error", error=type(exc).__name__)
+                    await _wait(stop, 1.0)
+        finally:
+            poller.cancel()
+
+    async def _poll(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await _wait(stop, self.poll_interval)
+            try:
+                await self.reload()
+            except Exception as exc:  # never let the safety net die
+                self.log.error("tls_poll_error", error=type(exc).__name__)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
