@@ -231,7 +231,7 @@ class Agent:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         return self._init_failed(text)
-                    if watcher is None:  # only pay for watchfiles when something is wrong
+                    if watcher is None:  # only watch credentials once something went wrong
                         watcher = asyncio.create_task(watch_credentials(self))
                     await self._sleep(min(self._retry_delay(backoff, exc), remaining))
                     if loop.time() >= deadline:
