@@ -32,6 +32,7 @@ from typing import Any, Awaitable, Callable
 from injector.backoff import Backoff
 from injector.config import AgentConfig, ConfigError
 from injector.health import Metrics
+from injector.kms.errors import CredentialsUnavailable, InvalidCredentials
 from injector.log import Logger, get_logger
 
 # Init mode retries fast at first: a pod waits on it.
@@ -120,6 +121,7 @@ class Agent:
         cfg = self.config
         if self._wake is not None:
             self._wake.clear()
+            self._wake_reason = ""
         for src in cfg.sources:
             st = self._states.setdefault(src.subdir, _SourceState())
             res = await self.client.fetch(
@@ -208,7 +210,7 @@ class Agent:
 
     def _retry_delay(self, backoff: Backoff, exc: BaseException) -> float:
         floor = float(getattr(exc, "retry_after", 0.0) or 0.0)
-        if type(exc).__name__ in ("InvalidCredentials", "CredentialsUnavailable"):
+        if isinstance(exc, (InvalidCredentials, CredentialsUnavailable)):
             floor = max(floor, AUTH_RETRY_FLOOR)
         return backoff.next_delay(floor=floor)
 
@@ -223,9 +225,10 @@ class Agent:
             while True:
                 try:
                     changed = await asyncio.wait_for(self.sync_once(), timeout=max(0.01, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    text = self._health.last_error or "no answer from KMS"
-                    return self._init_failed(f"timed out waiting for KMS ({text})")
+                except asyncio.TimeoutError:  # the deadline fell inside an attempt
+                    self._health.failures += 1
+                    last = f" (before that: {self._health.last_error})" if self._health.last_error else ""
+                    return self._init_failed(f"no answer from KMS before the deadline{last}")
                 except Exception as exc:
                     text = self._record_failure(exc)
                     remaining = deadline - loop.time()

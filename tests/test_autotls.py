@@ -326,6 +326,17 @@ async def test_not_ready_until_the_secret_exists(kube, replicas):
     assert not (b.cfg.cert_dir / "tls.crt").exists()
 
 
+async def test_missing_webhook_config_still_serves_then_patches_when_it_appears(kube, replicas):
+    del kube.objects[("mutatingwebhookconfigurations", "", MWC)]
+    a = replicas("replica-a")
+    await a.step()
+    assert a.synced and (a.cfg.cert_dir / "tls.crt").exists()  # serving does not wait for the MWC
+    ca = secret_material(kube).ca.cert_pem
+    kube.put_object("mutatingwebhookconfigurations", "", MWC, mwc_object())  # e.g. Helm applies it later
+    await a.step()
+    assert all(b == [ca] for b in bundles(kube))
+
+
 async def test_leaf_near_expiry_is_renewed(kube, replicas):
     ca = certs.generate_ca(now=certs.utcnow() - dt.timedelta(days=301))
     old_leaf = certs.generate_serving_cert(ca, certs.service_dns_names(SERVICE, NS),

@@ -449,3 +449,126 @@ def test_invalid_settings_exit_with_a_clear_message(tmp_path):
 def test_files_mode_requires_cert_and_key():
     p = subprocess.run([sys.executable, "-m", "injector", "webhook", "--port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--tls-cert" in p.stderr
+
+
+# --- property: whatever arrives, the answer is well-formed and never a 500 -----------------------
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+_ann_keys = st.sampled_from(["path", "inject", "mode", "format", "refresh-interval", "signal", "host", "project",
+                             "env", "auth", "file-mode", "containers", "mount-path", "template-app.conf", "path-db",
+                             "agent-cpu", "command", "status", "bogus"]).map(lambda k: f"kms.hanzo.ai/{k}")
+_ann_values = st.one_of(st.text(max_size=30), st.sampled_from(["/chat", "true", "false", "native", "init", "5s", "SIGHUP",
+                                                               "../../etc", "file:///etc/passwd", "0444", "x" * 300]))
+_annotations = st.dictionaries(_ann_keys, st.one_of(_ann_values, _json), max_size=6)
+
+
+@hsettings(max_examples=int(os.environ.get("KMS_FUZZ_EXAMPLES", "60")), deadline=None,
+           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(annotations=_annotations, junk=_json, where=st.sampled_from(["annotations", "spec", "object", "request-field", "none"]))
+def test_fuzz_server_answers_every_review_cleanly(server, client_ctx, annotations, junk, where):
+    import http.client
+
+    doc = json.loads((FIXTURES / "pod-annotated-chat.json").read_text())
+    doc["request"]["uid"] = str(uuid.uuid4())
+    obj = doc["request"]["object"]
+    obj["metadata"]["annotations"] = annotations
+    if where == "spec":
+        obj["spec"]["containers"][0]["name"] = junk
+    elif where == "object":
+        obj["spec"] = junk
+    elif where == "request-field":
+        doc["request"]["dryRun"] = junk
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=client_ctx, timeout=20)
+    try:
+        conn.request("POST", "/mutate", body=json.dumps(doc), headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        body = json.loads(r.read())
+    finally:
+        conn.close()
+    assert r.status == 200, body
+    resp = body["response"]
+    assert resp["uid"] == doc["request"]["uid"] and isinstance(resp["allowed"], bool)
+    assert (resp.get("status") or {}).get("code") != 500, resp
+    if resp["allowed"] and "patch" in resp:
+        patch = json.loads(base64.b64decode(resp["patch"]))
+        jsonpatch.apply_patch(obj, patch)  # applies cleanly to the pod it was made for
+
+
+async def test_a_bug_in_review_fails_closed_without_leaking(ca, client_ctx, tmp_path):
+    """review() is pluggable (WebhookState.review) so a raising one can be served for real."""
+    import io
+
+    from aiohttp import web
+
+    from injector.log import Logger
+    from webhook.server import WebhookState, make_app
+    from webhook.settings import Settings
+    from webhook.tls import CertReloader
+
+    def buggy_review(doc, settings):
+        value = doc["request"]["object"]["metadata"]["annotations"]["kms.hanzo.ai/path"]
+        raise KeyError(f"exploded on {value}")
+
+    cert, key, _ = make_leaf(ca)
+    install_pair(tmp_path, cert, key)
+    stream = io.StringIO()
+    reloader = CertReloader(tmp_path / "tls.crt", tmp_path / "tls.key", log=Logger("webhook.tls", stream=stream))
+    assert reloader.load_now()
+    state = WebhookState(settings=Settings(), reloader=reloader, log=Logger("webhook", stream=stream), review=buggy_review)
+    runner = web.AppRunner(make_app(state), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=reloader.server_context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        doc = json.loads((FIXTURES / "pod-annotated-chat.json").read_text())
+        doc["request"]["object"]["metadata"]["annotations"]["kms.hanzo.ai/path"] = f"/{LEAK_MARKER}"
+        async with aiohttp.ClientSession() as s:
+            status, body = await post(s, f"https://127.0.0.1:{port}", client_ctx, doc)
+            assert status == 200
+            resp = body["response"]
+            assert resp["allowed"] is False and resp["uid"] == doc["request"]["uid"] and "patch" not in resp
+            assert resp["status"]["code"] == 500 and "internal error" in resp["status"]["message"]
+            async with s.get(f"https://127.0.0.1:{port}/metrics", ssl=client_ctx) as r:
+                assert 'kms_injector_admissions_total{decision="error"} 1' in await r.text()
+    finally:
+        await runner.cleanup()
+    logs = [json.loads(line) for line in stream.getvalue().splitlines()]
+    err = next(r for r in logs if r["event"] == "review_failed")
+    assert err["error_type"] == "KeyError" and "buggy_review" in err["where"]
+    assert any(r["event"] == "admission" and r["decision"] == "error" for r in logs)
+    assert LEAK_MARKER not in stream.getvalue() and LEAK_MARKER not in json.dumps(body)
+
+
+async def test_identical_replicas_share_one_review_but_keep_their_uid(server, client_ctx):
+    doc = json.loads((FIXTURES / "deployment-pod-generatename-signal.json").read_text())
+    answers = []
+    async with aiohttp.ClientSession() as s:
+        async def hits() -> float:
+            async with s.get(server.url + "/metrics", ssl=client_ctx) as r:
+                text = await r.text()
+            return float(next(l.rsplit(" ", 1)[1] for l in text.splitlines() if l.startswith('kms_injector_review_cache_total{result="hit"}')))
+
+        before = await hits()
+        for _ in range(3):  # three replicas of one ReplicaSet: same object, fresh uid each
+            d = copy.deepcopy(doc)
+            d["request"]["uid"] = str(uuid.uuid4())
+            status, body = await post(s, server.url, client_ctx, d)
+            assert status == 200 and body["response"]["uid"] == d["request"]["uid"]
+            answers.append(body)
+        assert await hits() - before >= 2
+        # Same patch for all three; only the uid differs.
+        strip = lambda b: {**b, "response": {**b["response"], "uid": ""}}  # noqa: E731
+        assert strip(answers[0]) == strip(answers[1]) == strip(answers[2])
+        # A pod that differs in one annotation gets its own review.
+        d = copy.deepcopy(doc)
+        d["request"]["uid"] = str(uuid.uuid4())
+        d["request"]["object"]["metadata"]["annotations"]["kms.hanzo.ai/refresh-interval"] = "soon"
+        status, body = await post(s, server.url, client_ctx, d)
+        assert body["response"]["allowed"] is False and "refresh-interval" in body["response"]["status"]["message"]

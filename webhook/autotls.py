@@ -194,10 +194,13 @@ class AutoTLS:
     async def step(self) -> None:
         """One round: lease, then (leader) reconcile, then sync cert-dir."""
         kube = await self._client()
-        await self._lease_step(kube)
         secret = None
-        if self.leader_valid():
-            secret = await self.reconcile(kube)
+        try:
+            await self._lease_step(kube)
+            if self.leader_valid():
+                secret = await self.reconcile(kube)
+        except Exception as exc:  # e.g. RBAC refuses the caBundle patch: still serve the Secret's cert
+            self.log.error("autotls_reconcile_failed", error_type=type(exc).__name__, error=_safe(exc))
         if secret is None:
             secret = await _get_or_none(kube.get_secret(self.cfg.namespace, self.cfg.secret))
         await self._sync_cert_dir(secret)

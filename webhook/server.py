@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import json
 import os
 import signal
 import socket
@@ -30,7 +32,7 @@ from typing import Any, Callable
 import orjson
 from aiohttp import web
 
-from injector.log import Logger, get_logger
+from injector.log import LEVELS, Logger, get_logger
 from webhook.metrics import Metrics
 from webhook.tls import CertReloader
 
@@ -38,6 +40,43 @@ DEFAULT_MAX_BODY = 3 * 1024 * 1024  # kube-apiserver's own request limit; pods a
 ADMISSION_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 _JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class FastLogger(Logger):
+    """injector.log's JSON-line format, encoded with orjson and the timestamp's seconds cached:
+    one line per admission is on the hot path (json.dumps + strftime cost ~3x this)."""
+
+    _sec = -1
+    _prefix = ""
+
+    def log(self, level: str, event: str, **fields: Any) -> None:
+        if LEVELS[level] < self.threshold:
+            return
+        t = time.time()
+        sec = int(t)
+        if sec != self._sec:
+            self._sec, self._prefix = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        record = {"ts": f"{self._prefix}.{int(t % 1 * 1000):03d}Z", "level": level, "component": self.component,
+                  "event": event, **self.context, **fields}
+        try:
+            line = orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError:  # e.g. an int beyond 64 bits: the stdlib encoder copes
+            return super().log(level, event, **fields)
+        stream = self.stream or sys.stderr
+        try:
+            buf = getattr(stream, "buffer", None)
+            if buf is not None:
+                buf.write(line)
+                buf.flush()
+            else:
+                stream.write(line.decode())
+                stream.flush()
+        except (OSError, ValueError):  # closed pipe: logging must never take the process down
+            pass
+
+
+def fast_logger(component: str) -> FastLogger:
+    return FastLogger(component, level=os.environ.get("KMS_LOG_LEVEL", "info").lower())
 
 
 @dataclass
@@ -50,6 +89,7 @@ class WebhookState:
     review: Callable[[dict, Any], Any] | None = None
     shutting_down: bool = False
     extra_not_ready: Callable[[], list[str]] | None = None  # e.g. auto-TLS reasons
+    cache: "ReviewCache | None" = field(default_factory=lambda: ReviewCache())  # None disables it
 
     def not_ready_reasons(self) -> list[str]:
         reasons = []
@@ -138,13 +178,57 @@ def _where(exc: BaseException) -> str:
     return f"{Path(f.filename).name}:{f.lineno}:{f.name}"
 
 
+class ReviewCache:
+    """Answers for AdmissionReviews seen before, keyed by the whole request minus its uid.
+
+    review() is pure in (request, settings) and settings are fixed for the process, so the answer
+    to a byte-identical request is the same but for the echoed uid. That is the common case, not
+    a benchmark trick: every replica of a Deployment/ReplicaSet/Job reaches the webhook as the same
+    pod object (generateName, no name), so a scale-up to N pods costs one review() and N-1 lookups.
+    Internal errors are never cached. Bounded LRU.
+    """
+
+    def __init__(self, size: int = 512) -> None:
+        from collections import OrderedDict
+
+        self.size = size
+        self.entries: "OrderedDict[bytes, tuple]" = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(doc: dict) -> bytes | None:
+        import hashlib
+
+        try:
+            request = {**doc["request"], "uid": ""}
+            raw = orjson.dumps([doc.get("apiVersion"), request])
+        except (TypeError, orjson.JSONEncodeError):  # e.g. integers beyond 64 bits: just don't cache
+            return None
+        return hashlib.blake2b(raw, digest_size=20).digest()
+
+    def get(self, key: bytes) -> tuple | None:
+        hit = self.entries.get(key)
+        if hit is None:
+            self.misses += 1
+            return None
+        self.entries.move_to_end(key)
+        self.hits += 1
+        return hit
+
+    def put(self, key: bytes, value: tuple) -> None:
+        self.entries[key] = value
+        if len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+
 def make_app(state: WebhookState) -> web.Application:
     review = state.review
     if review is None:
         from webhook.mutate import review as review_  # noqa: PLC0415 (lazy: keeps `--help` fast)
 
         review = review_
-    metrics, log, max_body = state.metrics, state.log, state.max_body
+    metrics, log, max_body, cache = state.metrics, state.log, state.max_body, state.cache
     perf = time.perf_counter
     loads, dumps = orjson.loads, orjson.dumps
 
@@ -173,19 +257,34 @@ def make_app(state: WebhookState) -> web.Application:
             metrics.bad_request(400)
             return _status(400, "BadRequest", problem)
         uid = doc["request"]["uid"]
-        try:
-            result = review(doc, state.settings)
-            response, decision = result.response, result.decision
-            namespace, pod, warnings = result.namespace, result.pod, len(result.warnings or ())
-            if getattr(result, "internal_error", ""):  # review() caught its own bug and refused
-                decision = "error"
-                log.error("review_failed", uid=uid, error_type=result.internal_error)
-        except Exception as exc:  # a bug, not bad input: deny (fail closed) and say where
-            response, decision, warnings, namespace, pod = _fail_closed(doc, uid), "error", 0, None, None
-            log.error("review_failed", uid=uid, error_type=type(exc).__name__, where=_where(exc))
+        key = cache.key(doc) if cache is not None else None
+        cached = cache.get(key) if key is not None else None
+        if cached is not None:
+            template, decision, namespace, pod, warnings = cached
+            response = {**template, "response": {**template["response"], "uid": uid}}
+        else:
+            try:
+                result = review(doc, state.settings)
+                response, decision = result.response, result.decision
+                namespace, pod, warnings = result.namespace, result.pod, len(result.warnings or ())
+                if getattr(result, "internal_error", ""):  # review() caught its own bug and refused
+                    decision = "error"
+                    log.error("review_failed", uid=uid, error_type=result.internal_error)
+                elif key is not None and isinstance(response.get("response"), dict):
+                    cache.put(key, (response, decision, namespace, pod, warnings))
+            except Exception as exc:  # a bug, not bad input: deny (fail closed) and say where
+                response, decision, warnings, namespace, pod = _fail_closed(doc, uid), "error", 0, None, None
+                log.error("review_failed", uid=uid, error_type=type(exc).__name__, where=_where(exc))
         if not namespace or not pod:
             namespace, pod = namespace or _request_field(doc, "namespace"), pod or _pod_name(doc)
-        out = dumps(response)
+        try:
+            out = dumps(response)
+        except (TypeError, orjson.JSONEncodeError):  # e.g. an echoed integer beyond 64 bits
+            try:
+                out = json.dumps(response, separators=(",", ":")).encode()
+            except (TypeError, ValueError):
+                decision, out = "error", dumps(_fail_closed(doc, uid))
+                log.error("response_unencodable", uid=uid)
         elapsed = perf() - t0
         metrics.observe(decision, elapsed)
         log.info("admission", uid=uid, namespace=namespace, pod=pod, decision=decision,
@@ -204,6 +303,11 @@ def make_app(state: WebhookState) -> web.Application:
     async def metrics_handler(_: web.Request) -> web.Response:
         cur = state.reloader.current
         text = metrics.render(ready=not state.not_ready_reasons(), cert_not_after=cur.not_after if cur else None)
+        if cache is not None:
+            text += ("# HELP kms_injector_review_cache_total Reviews answered from the identical-request cache, by result.\n"
+                     "# TYPE kms_injector_review_cache_total counter\n"
+                     f'kms_injector_review_cache_total{{result="hit"}} {cache.hits}\n'
+                     f'kms_injector_review_cache_total{{result="miss"}} {cache.misses}\n')
         return web.Response(text=text, content_type="text/plain", charset="utf-8",
                             headers={"X-Content-Type-Options": "nosniff"})
 
@@ -252,6 +356,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--pod-name", default=os.environ.get("POD_NAME") or socket.gethostname(),
                    help="auto mode: this replica's Lease holder identity (default: POD_NAME, then hostname)")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY, help=f"largest accepted AdmissionReview (default {DEFAULT_MAX_BODY})")
+    p.add_argument("--review-cache", type=int, default=512,
+                   help="remember answers to this many distinct pods (replicas of one Deployment are identical); 0 disables")
     p.add_argument("--shutdown-delay", type=float, default=0.0,
                    help="seconds to keep serving (unready) after SIGTERM, so endpoints drop us first")
     args = p.parse_args(argv)
@@ -271,7 +377,7 @@ def main(argv: list[str]) -> int:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    log = get_logger("webhook")
+    log = fast_logger("webhook")
     settings = _load_settings(args.settings, log)
     if settings is None:
         return 2
@@ -293,7 +399,8 @@ async def serve(args: argparse.Namespace) -> int:
 
     reloader = CertReloader(cert_path, key_path, log=get_logger("webhook.tls"), on_reload=on_reload)
     reloader.load_now()  # files mode: normally ready at once; otherwise the watcher picks it up
-    state = WebhookState(settings=settings, reloader=reloader, log=log, metrics=metrics, max_body=args.max_body_bytes)
+    state = WebhookState(settings=settings, reloader=reloader, log=log, metrics=metrics, max_body=args.max_body_bytes,
+                         cache=ReviewCache(args.review_cache) if args.review_cache > 0 else None)
     app = make_app(state)
 
     stop = asyncio.Event()
@@ -318,6 +425,10 @@ async def serve(args: argparse.Namespace) -> int:
         log.error("listen_failed", host=args.host, port=args.port, error=exc.strerror)
         await runner.cleanup()
         return 2
+    # Everything imported and built so far lives for the whole process: move it out of the
+    # collector's reach so full collections (which add to p99) only walk per-request garbage.
+    gc.collect()
+    gc.freeze()
     port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else args.port  # type: ignore[union-attr]
     log.info("listening", host=args.host, port=port, tls_mode=args.tls_mode, ready=not state.not_ready_reasons(), pid=os.getpid())
 

@@ -69,8 +69,10 @@ def parse_quantity(value: str) -> float | None:
     if not m:
         return None
     number, suffix = float(m.group(1)), m.group(2)
-    if suffix and suffix[0] in "eE" and len(suffix) > 1:
-        return number * 10 ** int(suffix[1:])
+    if suffix not in _SUFFIX:  # a decimal exponent (e3, E3); "Ei" is in _SUFFIX
+        exponent = int(suffix[1:])
+        # Kubernetes quantities stop at about 9e18; a huge exponent would overflow a float.
+        return number * 10.0 ** exponent if exponent <= 18 else None
     return number * _SUFFIX[suffix]
 
 

@@ -191,6 +191,8 @@ class TokenManager:
         self.clock = clock
         self._token: _Token | None = None
         self._lock = asyncio.Lock()
+        # which rejections mean "log in afresh and retry once" (a backend may say it differently)
+        self.needs_fresh_login: Callable[[Response], bool] = needs_fresh_login
         # counters for metrics and tests
         self.logins = 0
         self.renewals = 0
@@ -279,7 +281,7 @@ class TokenManager:
         """Call `send(token)`; on 401 / 403 TokenError log in afresh and call it once more."""
         token = await self.token()
         resp = await send(token)
-        if not needs_fresh_login(resp):
+        if not self.needs_fresh_login(resp):
             return resp
         async with self._lock:
             if self._token is not None and self._token.value == token:

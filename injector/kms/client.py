@@ -5,23 +5,30 @@
     if not result.not_modified: write(result.secrets); last_etag = result.etag
     await client.close()
 
-Speaks the Infisical-compatible API (../shared/kms-api.md). Only the standard library is
-imported: this sits on the agent's start-up path.
+Backends (`api`): "infisical" speaks the Infisical-compatible API (../shared/kms-api.md);
+"canonical" the newer /v1/kms API (injector/kms/canonical.py); "auto" tries the Infisical login
+once and falls back to canonical when that path answers 404, then logs
+`kms_api_detected` and sticks to it. Callers see the same fetch(), FetchResult and typed errors
+either way. Only the standard library is imported: this sits on the agent's start-up path.
+
+`build_client(config, logger)` makes the client an AgentConfig asks for (auth method, backend).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from injector.kms.auth import CredentialSource, TokenManager, transport_error
-from injector.kms.errors import BadResponse, KmsError, PermissionDenied, error_from_response
+from injector.kms.errors import BadResponse, InvalidCredentials, KmsError, NotFound, PermissionDenied, error_from_response
 from injector.kms.http import HttpClient, HttpError, Response
 from injector.kms.retry import retrying
 from injector.kms.secrets import LOCAL_ETAG_PREFIX, FetchResult, HiddenValue, ShapeError, local_etag, parse_secrets
 
-__all__ = ["KmsClient", "FetchResult", "retrying"]
+__all__ = ["KmsClient", "FetchResult", "retrying", "build_client"]
 
 SECRETS_PATH = "/v3/secrets/raw"
+APIS = ("infisical", "canonical", "auto")
 
 
 class KmsClient:
@@ -34,21 +41,82 @@ class KmsClient:
         logger: Any = None,
         ca_file: str | None = None,
         max_body: int = 16 * 1024 * 1024,
+        api: str = "infisical",
     ) -> None:
+        if api not in APIS:
+            raise ValueError(f"api {api!r} is not accepted; use one of {', '.join(APIS)}")
         self.host = host
         self.http = HttpClient(host, timeout=timeout, ca_file=ca_file, max_body=max_body)
-        self.tokens = TokenManager(self.http, credentials, host=host, logger=logger)
+        self.credentials = credentials
         self.log = logger
+        self.api_setting = api
+        self.api: str | None = None if api == "auto" else api  # the backend in use (None: not detected yet)
+        self.tokens = self._token_manager(self.api or "infisical")
         self.requests = 0  # secrets requests sent (for metrics and tests)
+        self._project_ids: dict[str, str] = {}
+        self._detect_lock = asyncio.Lock()
+
+    def _token_manager(self, api: str) -> TokenManager:
+        if api != "canonical":
+            return TokenManager(self.http, self.credentials, host=self.host, logger=self.log)
+        from injector.kms import canonical
+
+        tm = TokenManager(self.http, canonical.CanonicalLogin(self.credentials), host=self.host, logger=self.log)
+        tm.needs_fresh_login = canonical.needs_fresh_login
+        return tm
 
     def invalidate(self) -> None:
         """Log in afresh before the next request (credential files changed)."""
         self.tokens.invalidate()
 
+    def project_id(self, project: str) -> str:
+        """The project's id when a secrets answer named it (`workspace`), else the slug itself."""
+        return self._project_ids.get(project, project)
+
+    async def resolve_api(self) -> str:
+        """The backend in use; with api="auto", detect it once (an Infisical login; 404 -> canonical)."""
+        if self.api is not None:
+            return self.api
+        async with self._detect_lock:
+            if self.api is not None:
+                return self.api
+            try:
+                await self.tokens.token()
+                api = "infisical"
+            except NotFound as exc:
+                if exc.op != "login":
+                    raise
+                if getattr(self.credentials, "method", "") == "kubernetes-auth":
+                    raise NotFound(f"{self.credentials.login_path} answered 404 and the canonical KMS API has no "
+                                   f"{self.credentials.method}; use universal auth with this KMS",
+                                   host=self.host, op="login", status=404) from None
+                api = "canonical"
+                self.tokens = self._token_manager(api)
+            except InvalidCredentials:
+                api = "infisical"  # the login path exists (it refused us): this is the Infisical API
+                self._detected(api)
+                raise
+            self._detected(api)
+            return api
+
+    def _detected(self, api: str) -> None:
+        self.api = api
+        if self.log is not None:
+            self.log.info("kms_api_detected", api=api, host=self.host)
+
     async def fetch(
         self, project: str, env: str, path: str, *, etag: str | None = None, include_imports: bool = True
     ) -> FetchResult:
         """One folder, imports merged (folder wins). `etag` from the previous result -> 304 path."""
+        if self.api != "infisical":
+            try:
+                api = await self.resolve_api()
+            except KmsError as exc:
+                raise exc.with_context(project=project, env=env, path=path) from None
+            if api == "canonical":
+                from injector.kms import canonical
+
+                return await canonical.fetch(self, project, env, path, etag=etag)
         where = {"host": self.host, "project": project, "env": env, "path": path, "op": "list-secrets"}
         params = {
             "workspaceSlug": project,
@@ -86,6 +154,7 @@ class KmsClient:
             data = resp.json()
         except ValueError:
             raise BadResponse("body is not valid JSON", status=200, redact=redact, **where) from None
+        self._remember_project_id(where["project"], data)
         try:
             secrets = parse_secrets(data, include_imports)
         except ShapeError as exc:
@@ -104,9 +173,18 @@ class KmsClient:
             return FetchResult(True, {}, computed)
         return FetchResult(False, secrets, computed)
 
+    def _remember_project_id(self, project: str, data: Any) -> None:
+        if project in self._project_ids or not isinstance(data, dict):
+            return
+        items = data.get("secrets")
+        first = items[0] if isinstance(items, list) and items else None
+        pid = first.get("workspace") if isinstance(first, dict) else None
+        if isinstance(pid, str) and 0 < len(pid) <= 200 and _header_safe(pid):
+            self._project_ids[project] = pid
+
     async def close(self, *, revoke: bool = False) -> None:
         """Close connections; `revoke=True` first revokes the token (best effort, on shutdown)."""
-        if revoke:
+        if revoke and self.api == "infisical":
             await self.tokens.revoke()
         await self.http.close()
 
@@ -120,3 +198,21 @@ class KmsClient:
 def _header_safe(value: str) -> bool:
     return not any(c in value for c in "\r\n\x00")
 
+
+
+def build_client(config: Any, logger: Any = None) -> KmsClient:
+    """The KmsClient an AgentConfig asks for: auth (universal | kubernetes) and api backend.
+
+    Kubernetes auth reads the projected service-account token file at every login (kubelet
+    rotates it by swapping a ..data symlink; the agent's credential watch forces that login)."""
+    from injector.config import ConfigError
+    from injector.kms.auth import KubernetesAuthFile, UniversalAuthFiles
+
+    credentials: CredentialSource
+    if config.auth == "kubernetes":
+        if config.api == "canonical":
+            raise ConfigError("auth", "kubernetes auth is not available with api: canonical (that KMS API has only clientId/clientSecret login)")
+        credentials = KubernetesAuthFile(config.identity_id, config.token_path)
+    else:
+        credentials = UniversalAuthFiles(config.credentials_dir)
+    return KmsClient(config.host, credentials, timeout=config.request_timeout, logger=logger, api=config.api)

@@ -1,0 +1,266 @@
+"""Events benchmark: change-to-file latency with KMS change events vs 5 s polling, and the KMS
+requests an idle agent costs per hour.
+
+  1. events: one sidecar (refresh 60 s, events on); ROTATIONS sequential rotations of one key
+     (set in the dev KMS, as an API write would; a random 50-300 ms pause between them); latency
+     = time from the write to the new content in the mounted file (read every 2 ms).
+  2. polling: AGENTS sidecars (refresh 5 s, --no-events), each on its own folder; every round
+     rotates all folders at once at a random moment; ROTATIONS samples in all.
+  3. idle: three more sidecars whose folders never change (events + 60 s poll; 60 s poll only;
+     5 s poll only) run through the whole bench; their requests (dev KMS stats, per identity) are
+     counted over the window and extrapolated to one hour (the window is minutes, not an hour:
+     a token renewal, due every 2/3 x 7200 s, is added by arithmetic, not measured).
+
+The dev KMS runs in this process (real HTTP on 127.0.0.1); the agents are real subprocesses.
+
+    python bench/events_bench.py [--rotations 200] [--agents 10] [--idle-seconds 180] [--no-write]
+
+Results are printed and written into bench/README.md under "## Events" (only that section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "bench" / "out" / "events"
+VENV_BIN = Path(sys.executable).parent
+KMS = str(VENV_BIN / "kms-injector") if (VENV_BIN / "kms-injector").exists() else None
+PROJECT, ENV = "bench", "prod"
+KEYS = {f"KEY_{i}": f"bench-value-{i:02d}-" + "x" * 24 for i in range(8)}
+TOKEN_TTL = 7200.0
+
+
+def kms_cmd(*args: str) -> list[str]:
+    return [KMS, *args] if KMS else [sys.executable, "-m", "injector", *args]
+
+
+def seed(names: list[str]) -> dict:
+    return {
+        "identities": [{"name": n, "clientId": f"{n}-id", "clientSecret": f"{n}-secret-0123456789",
+                        "access": [{"project": PROJECT, "environments": ["*"], "paths": ["/**"], "read": True}]}
+                       for n in names],
+        "projects": {PROJECT: {"environments": {ENV: {"folders": {f"/{n}": {"secrets": dict(KEYS)} for n in names}}}}},
+    }
+
+
+class Agent:
+    def __init__(self, name: str, base_url: str, interval: float, events: bool) -> None:
+        self.name = name
+        self.dir = OUT / name
+        if self.dir.exists():
+            import shutil
+
+            shutil.rmtree(self.dir)
+        (self.dir / "auth").mkdir(parents=True)
+        (self.dir / "auth" / "clientId").write_text(f"{name}-id")
+        (self.dir / "auth" / "clientSecret").write_text(f"{name}-secret-0123456789")
+        self.mount = self.dir / "secrets"
+        argv = kms_cmd("agent", "--mode", "sidecar", "--host", base_url, "--project", PROJECT, "--env", ENV,
+                       "--path", f"/{name}", "--mount-path", str(self.mount), "--credentials-dir", str(self.dir / "auth"),
+                       "--refresh-interval", f"{interval:g}s")
+        if not events:
+            argv.append("--no-events")
+        self.err = self.dir / "agent.err"
+        env = {k: v for k, v in os.environ.items() if k != "KMS_AGENT_CONFIG"}
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(self.err, "w"), env=env, cwd=str(ROOT))
+
+    def logged(self, event: str) -> bool:
+        try:
+            text = self.err.read_text(errors="replace")
+        except OSError:
+            return False
+        return f'"event":"{event}"' in text
+
+    def value(self, key: str) -> str | None:
+        try:
+            return (self.mount / key).read_text()
+        except OSError:
+            return None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+async def until(cond, timeout: float, what: str, step: float = 0.002) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(step)
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
+
+
+def summary(xs: list[float]) -> dict:
+    return {"n": len(xs), "p50_ms": round(pct(xs, 0.5) * 1000, 1), "p99_ms": round(pct(xs, 0.99) * 1000, 1),
+            "max_ms": round(max(xs) * 1000, 1), "mean_ms": round(statistics.mean(xs) * 1000, 1)}
+
+
+async def run(args: argparse.Namespace) -> dict:
+    from injector.devserver import run_dev_kms
+
+    poll_names = [f"poll{i}" for i in range(args.agents)]
+    idle_names = ["idle-events-60s", "idle-poll-60s", "idle-poll-5s"]
+    names = ["events", *poll_names, *idle_names]
+    rng = random.Random(7)
+    result: dict = {}
+    async with run_dev_kms(seed=seed(names), token_ttl=TOKEN_TTL, audit_log=OUT / "audit.log") as kms:
+        agents: list[Agent] = []
+        try:
+            idle = [Agent("idle-events-60s", kms.base_url, 60, True), Agent("idle-poll-60s", kms.base_url, 60, False),
+                    Agent("idle-poll-5s", kms.base_url, 5, False)]
+            agents += idle
+            ev = Agent("events", kms.base_url, 60, True)
+            agents.append(ev)
+            await until(lambda: all(a.logged("first_sync") for a in idle), 60, "idle agents' first sync", 0.05)
+            await until(lambda: ev.logged("events_connected") and idle[0].logged("events_connected"), 60, "event streams", 0.05)
+            idle_start = {n: sum(kms.stats()["identityRoutes"].get(n, {}).values()) for n in idle_names}
+            idle_routes_start = {n: dict(kms.stats()["identityRoutes"].get(n, {})) for n in idle_names}
+            t_idle = time.monotonic()
+            await asyncio.sleep(2.0)  # let the post-connect resync settle
+
+            # 1. events: sequential rotations
+            lat_events: list[float] = []
+            for i in range(args.rotations):
+                await asyncio.sleep(rng.uniform(0.05, 0.3))
+                value = f"events-rotation-{i:04d}"
+                kms.set_secret(PROJECT, ENV, "/events", "KEY_0", value)
+                t0 = time.monotonic()
+                await until(lambda: ev.value("KEY_0") == value, 30, f"events rotation {i}")
+                lat_events.append(time.monotonic() - t0)
+            result["events"] = summary(lat_events)
+            print("events:", result["events"], flush=True)
+            ev.stop()
+
+            # 2. 5 s polling: AGENTS agents, all rotated at once per round
+            polls = [Agent(n, kms.base_url, 5, False) for n in poll_names]
+            agents += polls
+            await until(lambda: all(a.logged("first_sync") for a in polls), 60, "polling agents' first sync", 0.05)
+            lat_poll: list[float] = []
+            rounds = max(1, args.rotations // len(polls))
+            for r in range(rounds):
+                await asyncio.sleep(rng.uniform(0.0, 5.0))
+                value = f"poll-rotation-{r:04d}"
+                for a in polls:
+                    kms.set_secret(PROJECT, ENV, f"/{a.name}", "KEY_0", value)
+                t0 = time.monotonic()
+                pending = {a.name: a for a in polls}
+                while pending:
+                    for n, a in list(pending.items()):
+                        if a.value("KEY_0") == value:
+                            lat_poll.append(time.monotonic() - t0)
+                            del pending[n]
+                    if time.monotonic() - t0 > 30:
+                        raise RuntimeError(f"polling round {r}: {sorted(pending)} never caught up")
+                    await asyncio.sleep(0.002)
+            result["polling_5s"] = summary(lat_poll)
+            print("polling 5s:", result["polling_5s"], flush=True)
+            for a in polls:
+                a.stop()
+
+            # 3. idle requests per hour
+            left = args.idle_seconds - (time.monotonic() - t_idle)
+            if left > 0:
+                await asyncio.sleep(left)
+            window = time.monotonic() - t_idle
+            stats = kms.stats()
+            idle_out = {}
+            for n in idle_names:
+                total = sum(stats["identityRoutes"].get(n, {}).values()) - idle_start[n]
+                routes = {k: v - idle_routes_start[n].get(k, 0) for k, v in stats["identityRoutes"].get(n, {}).items()}
+                per_hour = total * 3600 / window
+                renew_per_hour = 3600 / (TOKEN_TTL * 2 / 3)
+                idle_out[n] = {"requests": total, "routes": {k: v for k, v in routes.items() if v},
+                               "per_hour_measured": round(per_hour, 1), "per_hour_with_renewal": round(per_hour + renew_per_hour, 1)}
+            result["idle"] = {"window_s": round(window, 1), "agents": idle_out}
+            print("idle:", json.dumps(result["idle"]), flush=True)
+        finally:
+            for a in agents:
+                a.stop()
+    return result
+
+
+def section(res: dict, args: argparse.Namespace) -> str:
+    ev, po, idle = res["events"], res["polling_5s"], res["idle"]
+    lines = [
+        "## Events", "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPUs, {platform.machine()}, "
+        f"Python {platform.python_version()}, by `python bench/events_bench.py` (dev KMS in-process on 127.0.0.1, "
+        "agents as real subprocesses; the machine is shared, so tails move between runs).", "",
+        "Change-to-file latency: from the write in KMS to the new content in the mounted file.", "",
+        "| mode | rotations | p50 | p99 | max | mean |", "|---|---|---|---|---|---|",
+        f"| events (refresh 60 s) | {ev['n']} | {ev['p50_ms']} ms | {ev['p99_ms']} ms | {ev['max_ms']} ms | {ev['mean_ms']} ms |",
+        f"| polling every 5 s ({args.agents} agents) | {po['n']} | {po['p50_ms']} ms | {po['p99_ms']} ms | {po['max_ms']} ms | {po['mean_ms']} ms |",
+        "",
+        f"Target events p99 <= 1 s: {ev['p99_ms']} ms: {'met' if ev['p99_ms'] <= 1000 else 'MISSED'}. "
+        "A lone event is fetched at once (leading edge); the rest of a burst waits for a 250 ms quiet "
+        "window (at most 1 s), so 50 updates in a row cost two or three fetches.", "",
+        f"KMS requests per agent per hour when nothing changes: counted by the dev KMS over a "
+        f"{idle['window_s']:g} s window and extrapolated to an hour (not an hour-long measurement); "
+        "the last column adds the token renewal due every 2/3 of the 7200 s token TTL.", "",
+        "| agent | requests in window | routes | per hour (measured) | per hour + renewal |", "|---|---|---|---|---|",
+    ]
+    for n, d in idle["agents"].items():
+        routes = ", ".join(f"{k}: {v}" for k, v in sorted(d["routes"].items()))
+        lines.append(f"| {n} | {d['requests']} | {routes} | {d['per_hour_measured']} | {d['per_hour_with_renewal']} |")
+    lines += ["", "With events the poll stays on as a safety net, so an idle agent costs the same polls plus one "
+              "long-lived stream (a heartbeat every 15 s is not a request); a stream is re-opened only when it drops. "
+              "The gain is latency, not requests: at a 60 s interval with events an agent sees changes in well under "
+              "a second while costing what a 60 s poller costs, where 5 s polling costs 12x the requests and still "
+              "averages 2.5 s.", ""]
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> None:
+    readme = ROOT / "bench" / "README.md"
+    body = readme.read_text() if readme.exists() else "# Benchmarks\n"
+    start = body.find("## Events\n")
+    if start == -1:
+        body = body.rstrip("\n") + "\n\n" + text
+    else:
+        end = body.find("\n## ", start + 1)
+        body = body[:start] + text + (body[end + 1:] if end != -1 else "")
+    readme.write_text(body if body.endswith("\n") else body + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rotations", type=int, default=200)
+    p.add_argument("--agents", type=int, default=10, help="polling agents measured side by side")
+    p.add_argument("--idle-seconds", type=float, default=180.0)
+    p.add_argument("--no-write", action="store_true", help="print only; leave bench/README.md alone")
+    args = p.parse_args(argv if argv is not None else sys.argv[1:])
+    OUT.mkdir(parents=True, exist_ok=True)
+    res = asyncio.run(run(args))
+    (OUT / "result.json").write_text(json.dumps(res, indent=2))
+    text = section(res, args)
+    print(text)
+    if not args.no_write:
+        write_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

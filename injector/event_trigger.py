@@ -1,0 +1,126 @@
+"""Sidecar wake-ups from KMS change events, debounced.
+
+`event_trigger(agent)` is an Agent trigger (see Agent.add_trigger): it subscribes to the KMS event
+stream for the agent's folders (injector.kms.events) and calls `agent.wake()` when a change
+arrives. A lone change fetches at once (leading edge: nothing fired in the last QUIET seconds);
+the rest of a burst is coalesced: the next wake fires after QUIET seconds without a new event, and
+never later than MAX_WAIT after the first held-back one, so 50 updates in a row cost two or three
+fetches, not 50.
+An event that arrives while a fetch runs is not lost: the agent's wake flag is cleared when a
+sync starts, so a wake during the fetch makes the loop fetch again right after it.
+
+Polling at refresh_interval goes on regardless (the safety net); a server without events (404),
+a canonical-API KMS, or `events: false` (annotation `kms.hanzo.ai/events: "false"`) means polling
+only. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+QUIET = 0.25  # seconds without a new event before the fetch
+MAX_WAIT = 1.0  # never delay a fetch longer than this after the first event of a burst
+
+
+class Debouncer:
+    """Coalesce pokes: `fire(reason)` at once when idle, then once per QUIET window of a burst
+    (a held-back poke waits at most MAX_WAIT)."""
+
+    def __init__(self, fire: Callable[[str], Any], *, quiet: float = QUIET, max_wait: float = MAX_WAIT,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.fire = fire
+        self.quiet = quiet
+        self.max_wait = max_wait
+        self._clock = clock
+        self._pending = asyncio.Event()
+        self._first: float | None = None
+        self._last = 0.0
+        self._fired_at = float("-inf")
+        self._reason = ""
+        self.pokes = 0
+        self.fired = 0
+
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    def poke(self, reason: str) -> None:
+        now = self._now()
+        self.pokes += 1
+        if not self._pending.is_set() and now - self._fired_at >= self.quiet:
+            self._fire(reason, now)  # leading edge: a lone change costs no waiting
+            return
+        self._last = now
+        if self._first is None:
+            self._first = now
+        self._reason = reason
+        self._pending.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._pending.wait()
+            while True:
+                assert self._first is not None
+                wait = min(self._last + self.quiet, self._first + self.max_wait) - self._now()
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
+            self._pending.clear()
+            self._first = None
+            self._fire(self._reason, self._now())
+
+    def _fire(self, reason: str, now: float) -> None:
+        self._fired_at = now
+        self.fired += 1
+        self.fire(reason)
+
+
+async def event_trigger(agent: Any) -> None:
+    """Agent trigger: subscribe, debounce, wake. Returns when events are off or unsupported."""
+    cfg = agent.config
+    if not cfg.events:
+        agent.log.info("events_disabled", action="polling only", refresh_interval=cfg.refresh_interval)
+        return
+    client = agent.client
+    resolve = getattr(client, "resolve_api", None)
+    if resolve is not None and getattr(client, "api", "infisical") is None:
+        await _until_resolved(agent, resolve)
+    if getattr(client, "api", "infisical") == "canonical":
+        agent.log.info("events_unsupported", reason="the canonical KMS API has no event stream", action="polling only")
+        return
+    from injector.kms.events import EventSubscriber
+
+    sub = EventSubscriber(client, cfg.project, cfg.env, [s.path for s in cfg.sources], logger=agent.log)
+    agent.event_subscriber = sub  # for metrics/tests; plain attribute, the Agent does not rely on it
+    debouncer = Debouncer(lambda reason: agent.wake(reason))
+    flusher = asyncio.create_task(debouncer.run())
+
+    def on_change(ev: Any) -> None:
+        if ev.kind == "change":
+            agent.log.debug("kms_event", event_type=ev.event_type, path=ev.secret_path, keys=list(ev.keys)[:20])
+            debouncer.poke("kms change event")
+        else:  # (re)connected: changes made while no stream was open are caught by one fetch
+            debouncer.poke("event stream connected")
+
+    try:
+        await sub.run(on_change)
+    finally:
+        flusher.cancel()
+        try:
+            await flusher
+        except (asyncio.CancelledError, Exception):
+            pass
+
+
+async def _until_resolved(agent: Any, resolve: Callable[[], Any]) -> None:
+    """api: auto and no successful login yet: wait until the backend is known (the sync loop
+    keeps trying and logging; this only retries quietly)."""
+    from injector.backoff import Backoff
+
+    backoff = Backoff(base=1.0, cap=60.0)
+    while True:
+        try:
+            await resolve()
+            return
+        except Exception:
+            await asyncio.sleep(backoff.next_delay())

@@ -1,0 +1,66 @@
+"""injector.filewatch: a kubelet-style ..data swap in a watched directory is noticed, by inotify
+and by the watchfiles fallback, and a directory created late is picked up."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from injector import filewatch
+from tests.agent_support import write_credentials
+
+
+async def _count(gen, counter: list[int]) -> None:
+    async for _ in gen:
+        counter[0] += 1
+
+
+@pytest.mark.parametrize("impl", ["inotify", "watchfiles"])
+async def test_swap_is_seen_quickly(tmp_path: Path, impl: str) -> None:
+    write_credentials(tmp_path, "id", "one")
+    gen = filewatch.changes([str(tmp_path)], recheck=60) if impl == "inotify" else filewatch._watchfiles([str(tmp_path)], 0.1, 60)
+    seen = [0]
+    task = asyncio.create_task(_count(gen, seen))
+    try:
+        if impl == "inotify":  # its first yield comes once the watch is registered
+            for _ in range(100):
+                if seen[0]:
+                    break
+                await asyncio.sleep(0.05)
+        else:  # awatch registers synchronously when first advanced, before handing off to its thread
+            for _ in range(20):
+                await asyncio.sleep(0)
+        before = seen[0]
+        write_credentials(tmp_path, "id", "two")
+        for _ in range(100):
+            if seen[0] > before:
+                break
+            await asyncio.sleep(0.05)
+        assert seen[0] > before, "the ..data swap was not noticed within 5 s (recheck is 60 s)"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_missing_directory_is_retried(tmp_path: Path) -> None:
+    target = tmp_path / "auth"
+    seen = [0]
+    task = asyncio.create_task(_count(filewatch.changes([str(target)], recheck=0.3), seen))
+    try:
+        for _ in range(100):
+            if seen[0] >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert seen[0] >= 2  # keeps yielding (re-checking) while the directory does not exist
+        write_credentials(target, "id", "one")
+        n = seen[0]
+        for _ in range(100):
+            if seen[0] > n:
+                break
+            await asyncio.sleep(0.05)
+        assert seen[0] > n
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,131 @@
+"""Kubernetes auth end to end: the real agent logs in with a projected service-account token file
+(an RS256 JWT signed by a key pair made here; the dev KMS verifies it against the public key).
+When kubelet rotates the token (a ..data symlink swap) the agent's next login reads the new file."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from injector.devserver.server import run_dev_kms
+from tests.agent_support import CHAT, ENV, PROJECT, SHARED, agent_args, read_folder, seed, spawn, wait_for
+
+IDENTITY_ID = "6a1f0c2e-k8s-agent-tests"
+AUDIENCE = "kms.hanzo.ai"
+K8S_LOGIN = "POST /v1/auth/kubernetes-auth/login"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_jwt(key: rsa.RSAPrivateKey, sa: str = "chat", ttl: int = 600) -> str:
+    now = int(time.time())
+    claims = {"iss": "https://kubernetes.default.svc", "sub": f"system:serviceaccount:hanzo:{sa}", "aud": [AUDIENCE],
+              "iat": now, "nbf": now, "exp": now + ttl}
+    head = _b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "test"}).encode())
+    body = _b64(json.dumps(claims).encode())
+    sig = key.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{head}.{body}.{_b64(sig)}"
+
+
+def write_token(directory: Path, jwt: str) -> Path:
+    """Write the token the way kubelet updates a projected volume: a new `..<ts>` dir, `..data`
+    renamed over the old link, `token -> ..data/token`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    version = directory / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{secrets.token_hex(4)}"
+    version.mkdir()
+    (version / "token").write_text(jwt)
+    old = os.readlink(directory / "..data") if (directory / "..data").is_symlink() else None
+    tmp = directory / "..data_tmp"
+    os.symlink(version.name, tmp)
+    os.rename(tmp, directory / "..data")
+    if not (directory / "token").is_symlink():
+        os.symlink("..data/token", directory / "token")
+    if old:
+        shutil.rmtree(directory / old, ignore_errors=True)
+    return directory / "token"
+
+
+@pytest.fixture(scope="module")
+def keys():
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return key, other, pem
+
+
+def k8s_seed() -> dict:
+    s = seed()
+    s["identities"][0].update(id=IDENTITY_ID, kubernetes={"serviceAccounts": ["hanzo:*"]})
+    return s
+
+
+def k8s_env(token_path: Path) -> dict[str, str]:
+    # auth/identity/token path come from the webhook's JSON config, as in a pod; flags add the rest
+    return {"KMS_AGENT_CONFIG": json.dumps({"auth": "kubernetes", "identity_id": IDENTITY_ID, "token_path": str(token_path),
+                                            "host": "http://unused.invalid/api", "project": PROJECT, "env": ENV,
+                                            "sources": ["/chat"]})}
+
+
+async def test_init_and_sidecar_log_in_with_the_token_file_and_follow_its_rotation(keys, tmp_path: Path) -> None:
+    key, other, pem = keys
+    async with run_dev_kms(k8s_seed(), k8s_public_key_pem=pem, k8s_audience=AUDIENCE, lockout_seconds=0.5) as kms:
+        first = make_jwt(key)
+        token = write_token(tmp_path / "sa", first)
+        mount = tmp_path / "secrets"
+        init = spawn(agent_args(kms.base_url, mount, tmp_path / "no-auth-dir", mode="init"), tmp_path, "init", env=k8s_env(token))
+        assert await init.wait_exit() == 0, init.stderr()
+        assert read_folder(mount) == {**SHARED, **CHAT}
+        assert kms.stats()["routes"].get(K8S_LOGIN) == 1
+
+        agent = spawn(agent_args(kms.base_url, mount, tmp_path / "no-auth-dir", "--refresh-interval", "300s"),
+                      tmp_path, "sidecar", env=k8s_env(token))
+        try:
+            await wait_for(lambda: agent.events("first_sync"), what="sidecar first sync")
+            assert [e["method"] for e in agent.events("kms_login")] == ["kubernetes-auth"]
+            logins = kms.stats()["routes"][K8S_LOGIN]
+
+            # kubelet swaps in a token KMS will not accept (signed by another key): the forced fresh
+            # login reads the NEW file, so it fails, naming the check, and the files stay.
+            bad = make_jwt(other, sa="rotated")
+            write_token(tmp_path / "sa", bad)
+            await wait_for(lambda: agent.events("sync_failing"), timeout=20, what="login with the replaced token")
+            failing = agent.events("sync_failing")[0]
+            assert "signature" in failing["error"] and "status=401" in failing["error"], failing
+            assert read_folder(mount) == {**SHARED, **CHAT}
+
+            # kubelet rotates again to a good token: the next login uses it and the agent recovers.
+            good = make_jwt(key, sa="rotated-again")
+            write_token(tmp_path / "sa", good)
+            kms.set_secret(PROJECT, ENV, "/chat", "API_KEY", "VALUE-after-token-rotation")
+            await wait_for(lambda: agent.events("sync_recovered"), timeout=30, what="recovery with the new token")
+            await wait_for(lambda: (mount / "API_KEY").read_text() == "VALUE-after-token-rotation", timeout=20, what="fresh value")
+            stats = kms.stats()
+            assert stats["routes"][K8S_LOGIN] >= logins + 2  # one failed (bad token), one good
+            assert len(agent.events("credentials_changed")) >= 2
+            logs = init.stderr() + agent.stderr()
+            for jwt in (first, bad, good):
+                assert jwt not in logs and jwt.split(".")[2] not in logs
+        finally:
+            agent.stop()
+
+
+async def test_missing_token_file_fails_init_naming_the_file(keys, tmp_path: Path) -> None:
+    _, _, pem = keys
+    async with run_dev_kms(k8s_seed(), k8s_public_key_pem=pem, k8s_audience=AUDIENCE) as kms:
+        token = tmp_path / "sa" / "token"
+        init = spawn(agent_args(kms.base_url, tmp_path / "secrets", tmp_path / "x", "--init-timeout", "1s", mode="init"),
+                     tmp_path, "init", env=k8s_env(token))
+        assert await init.wait_exit() == 1
+        assert str(token) in init.stderr() and "service account token" in init.stderr()
+        assert kms.stats()["routes"].get(K8S_LOGIN, 0) == 0
