@@ -375,15 +375,17 @@ async def _close(obj: Any) -> None:
 # -- process entry -------------------------------------------------------------------------------
 
 def build_agent(config: AgentConfig, log: Logger) -> Agent:
-    from injector.kms import KmsClient
-    from injector.kms.auth import KubernetesAuthFile, UniversalAuthFiles
+    from injector.kms.client import build_client
     from injector.writer import AtomicWriter
 
-    credentials = (KubernetesAuthFile(config.identity_id, config.token_path) if config.auth == "kubernetes"
-                   else UniversalAuthFiles(config.credentials_dir))
-    client = KmsClient(config.host, credentials, timeout=config.request_timeout, logger=log)
+    client = build_client(config, log)  # auth (universal | kubernetes) and backend (api: auto/infisical/canonical)
     writer = AtomicWriter(config.mount_path, config.file_mode, log)
-    return Agent(config=config, client=client, writer=writer, log=log)
+    agent = Agent(config=config, client=client, writer=writer, log=log)
+    if config.mode == "sidecar":
+        from injector.event_trigger import event_trigger
+
+        agent.add_trigger(event_trigger)  # KMS change events -> debounced early fetch (events: false -> polling only)
+    return agent
 
 
 async def run(config: AgentConfig, log: Logger) -> int:

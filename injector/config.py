@@ -10,6 +10,7 @@ sits on the agent's start-up path.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ SIGNALS = ("SIGHUP", "SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT", "SIGQUIT", "SIGW
 
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+_SEGMENT = re.compile(r"[A-Za-z0-9_.-]+")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -93,7 +95,7 @@ def normalize_path(value: str, field_name: str = "path") -> str:
         raise ConfigError(field_name, f"{_short(value)!r} is not accepted; paths are at most 512 characters of [A-Za-z0-9_.-/]")
     parts = [p for p in value.split("/") if p]
     for part in parts:
-        if part in (".", "..") or not re.fullmatch(r"[A-Za-z0-9_.-]+", part):
+        if part in (".", "..") or not _SEGMENT.fullmatch(part):
             raise ConfigError(field_name, f"{_short(value)!r} has segment {_short(part)!r}; segments are [A-Za-z0-9_.-] and never . or ..")
     return "/" + "/".join(parts)
 
@@ -193,15 +195,17 @@ class AgentConfig:
 
     # -- (de)serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        # What dataclasses.asdict gave, built directly: asdict's recursive deep copy was most of
+        # the webhook's per-pod cost. Containers are copied, so the dict never aliases self.
+        data = {name: getattr(self, name) for name in _FIELD_NAMES}
         data["sources"] = [{"path": s.path, "subdir": s.subdir} for s in self.sources]
+        data["templates"] = dict(self.templates)
+        data["command"] = list(self.command)
         data["file_mode"] = f"{self.file_mode:04o}"
         return data
 
     def to_json(self) -> str:
-        import json
-
-        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+        return dict_to_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Any) -> "AgentConfig":
@@ -246,6 +250,21 @@ class AgentConfig:
         return cls.from_dict(data)
 
 
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(AgentConfig))
+_encoder: Any = None
+
+
+def dict_to_json(data: dict[str, Any]) -> str:
+    """The canonical config JSON (compact, sorted keys, ASCII): AgentConfig.to_json's encoding,
+    for callers that derive several configs from one to_dict()."""
+    global _encoder
+    if _encoder is None:
+        import json  # lazily: not every agent start needs an encoder
+
+        _encoder = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+    return _encoder.encode(data)
+
+
 def _sources(value: Any) -> list[Source]:
     if isinstance(value, str):
         return [Source(path=value)]
@@ -271,10 +290,17 @@ def _choice(name: str, value: Any, accepted: tuple[str, ...]) -> None:
 
 
 def _check_host(host: Any) -> None:
-    from urllib.parse import urlsplit
-
     if not isinstance(host, str) or not host:
         raise ConfigError("host", "is required, e.g. http://kms.hanzo.svc.cluster.local/api")
+    _check_host_str(host)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_host_str(host: str) -> None:
+    # Cached: the webhook checks the same few hosts for every pod. Only accepted hosts are
+    # remembered (a raised ConfigError is not cached), so the cache holds no junk for long.
+    from urllib.parse import urlsplit
+
     try:
         parts = urlsplit(host)
         port = parts.port

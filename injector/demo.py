@@ -285,8 +285,32 @@ def step_rotate(demo: Demo) -> None:
     demo.say(f"      {line}")
 
 
-STEPS: list[Callable[[Demo], None]] = [step_dev_kms, step_init, step_app, step_sidecar, step_rotate]
-# e.g. STEPS.append(step_inject)  -- `kms-injector inject` on an example manifest
+def step_inject(demo: Demo) -> None:
+    """What the webhook does to a pod, shown offline with the same mutation code."""
+    import yaml
+
+    manifest = ROOT / "examples" / "chat-deployment.yaml"
+    # A subprocess, not an import: `injector` never imports `webhook`.
+    done = subprocess.run([sys.executable, "-m", "injector", "inject", "-f", str(manifest)], cwd=str(ROOT),
+                          capture_output=True, text=True, timeout=WAIT)
+    if done.returncode != 0:
+        raise DemoError(f"kms-injector inject exited {done.returncode}: {done.stderr.strip()[-300:]}")
+    (demo.workdir / "chat-deployment.injected.yaml").write_text(done.stdout)
+    pod = next(d for d in yaml.safe_load_all(done.stdout) if d)["spec"]["template"]
+    spec = pod["spec"]
+    app = next(c for c in spec["containers"] if c["name"] == "chat")
+    mount = next(m for m in app.get("volumeMounts", []) if m["name"] == "kms-secrets")
+    demo.say(f"[6] kms-injector inject -f {_rel(manifest)}  (the webhook's mutation, offline):")
+    demo.say(f"      initContainers: {', '.join(c['name'] for c in spec.get('initContainers', []))}")
+    demo.say(f"      containers:     {', '.join(c['name'] for c in spec['containers'])}")
+    demo.say(f"      volumes:        {', '.join(v['name'] for v in spec.get('volumes', []))}")
+    demo.say(f"      chat mounts kms-secrets at {mount['mountPath']} (readOnly: {mount.get('readOnly', False)}); "
+             f"shareProcessNamespace: {spec.get('shareProcessNamespace', False)}")
+    demo.say(f"      annotation kms.hanzo.ai/status: {pod['metadata']['annotations'].get('kms.hanzo.ai/status')}"
+             f"  (full output: {_rel(demo.workdir / 'chat-deployment.injected.yaml')})")
+
+
+STEPS: list[Callable[[Demo], None]] = [step_dev_kms, step_init, step_app, step_sidecar, step_rotate, step_inject]
 
 
 def _find_log(path: Path, needle: str) -> str:
@@ -345,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         demo.stop_all()
     if demo.sidecar is not None:
-        print(f"[6] stopped sidecar (exit {demo.sidecar.popen.returncode}), app and dev KMS", flush=True)
+        print(f"[7] stopped sidecar (exit {demo.sidecar.popen.returncode}), app and dev KMS", flush=True)
     print(f"\ndone in {time.monotonic() - t0:.1f}s; logs in {_rel(workdir)}/", flush=True)
     return 0
 

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 SOAK = os.environ.get("KMS_SOAK", "") not in ("", "0")
@@ -299,18 +299,3 @@ def cpu_seconds(pid: int) -> float:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-
-def scan_tree(root: Path, markers: Iterable[str]) -> list[str]:
-    """Files under root (e.g. tmp_path) whose bytes contain a marker, excluding `skip` dirs."""
-    hits = []
-    needles = [m.encode() for m in markers]
-    for dirpath, _, names in os.walk(root):
-        for n in names:
-            p = Path(dirpath) / n
-            try:
-                data = p.read_bytes()
-            except OSError:
-                continue
-            if any(m in data for m in needles):
-                hits.append(str(p.relative_to(root)))
-    return hits

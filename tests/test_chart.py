@@ -3,7 +3,7 @@
 Every rendered manifest is validated against the Kubernetes OpenAPI schemas of the newest version
 kubernetes-validate ships; the settings ConfigMap is loaded by the webhook's own settings loader.
 No cluster: `lookup` returns nothing offline, so the helm-mode "reuse the existing Secret" branch
-is exercised only in a real install (see docs/install.md).
+is exercised only in a real install (see README, "Install in a cluster").
 """
 
 from __future__ import annotations

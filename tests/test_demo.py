@@ -56,6 +56,9 @@ def test_demo_rotates_a_secret_and_the_app_reloads(tmp_path: Path) -> None:
     assert swap and swap.group(1) != swap.group(2)
     assert re.search(r"app: reload #1 on SIGHUP: .*\(changed\)", out)
     assert "reload #2" not in out
+    # the offline injection step: same mutation as the webhook
+    assert "initContainers: kms-agent-init" in out and "containers:     chat, kms-agent" in out
+    assert "kms.hanzo.ai/status: injected" in out
     # Nothing it started keeps running.
     url = re.search(r"dev KMS listening on (\S+)", out).group(1)
     assert _port_closed(url)

@@ -15,9 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request

@@ -12,12 +12,15 @@ original pod.
 
 from __future__ import annotations
 
-import base64
-import dataclasses
+import binascii
 import json
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
+
+from injector.config import dict_to_json
 
 from .annotations import (
     INJECTED,
@@ -293,30 +296,53 @@ def _build_patch(pod: dict, spec: dict, meta: dict, annotations: dict, parsed: P
     else:
         ops.extend({"op": "add", "path": "/spec/volumes/-", "value": v} for v in volumes)
 
-    # 4. Agent containers.
+    # 4. Agent containers. The config is serialised once per container kind from one to_dict()
+    #    (the init container's differs only in mode and health port): byte-identical to
+    #    cfg.to_json() and dataclasses.replace(cfg, mode="init", health_port=0).to_json().
     security = _agent_security(parsed, facts, settings, warnings)
+    cfg_dict = cfg.to_dict()
+    cfg_json = config_json(cfg_dict)
     if o.mode == "native":
-        native = _agent_container(AGENT, "sidecar", cfg.to_json(), agent_mounts, parsed, security, settings)
+        native = _agent_container(AGENT, "sidecar", cfg_json, agent_mounts, parsed, security, settings)
         native["restartPolicy"] = "Always"
         # The app starts only once the first files exist (/readyz), within the init timeout.
         native["startupProbe"] = {"httpGet": {"path": "/readyz", "port": o.health_port}, "periodSeconds": 1,
                                   "timeoutSeconds": 2, "failureThreshold": int(cfg.init_timeout) + 30}
         first = native
     else:
-        init_cfg = dataclasses.replace(cfg, mode="init", health_port=0)
-        first = _agent_container(AGENT_INIT, "init", init_cfg.to_json(), agent_mounts, parsed, security, settings)
+        cfg_dict["mode"], cfg_dict["health_port"] = "init", 0
+        first = _agent_container(AGENT_INIT, "init", config_json(cfg_dict), agent_mounts, parsed, security, settings)
     if spec.get("initContainers") is None:
         ops.append({"op": "add", "path": "/spec/initContainers", "value": [first]})
     else:
         ops.append({"op": "add", "path": "/spec/initContainers/0", "value": first})
     if o.mode == "sidecar":
-        sidecar = _agent_container(AGENT, "sidecar", cfg.to_json(), [dict(m) for m in agent_mounts], parsed, security, settings)
+        sidecar = _agent_container(AGENT, "sidecar", cfg_json, [dict(m) for m in agent_mounts], parsed, security, settings)
         ops.append({"op": "add", "path": "/spec/containers/-", "value": sidecar})
 
     # 5. Signalling needs to see the app's processes.
     if cfg.signal and spec.get("shareProcessNamespace") is not True:
         ops.append({"op": "add", "path": "/spec/shareProcessNamespace", "value": True})
     return ops
+
+
+_DURATIONS = ("refresh_interval", "init_timeout", "request_timeout", "command_timeout")
+
+
+def config_json(cfg_dict: dict[str, Any]) -> str:
+    """injector.config.dict_to_json(cfg_dict), byte for byte, several times faster.
+
+    orjson (sorted keys) writes exactly what the stdlib writes when the output is ASCII without
+    DEL (the stdlib escapes non-ASCII and DEL as \\uXXXX, orjson does not) and every float is in
+    [1e-4, 1e16) (outside it the two spell exponents differently). Anything else goes to the stdlib."""
+    try:
+        if all(1e-4 <= cfg_dict[k] < 1e16 for k in _DURATIONS):
+            out = orjson.dumps(cfg_dict, option=orjson.OPT_SORT_KEYS)
+            if out.isascii() and b"\x7f" not in out:
+                return out.decode("ascii")
+    except (TypeError, KeyError, orjson.JSONEncodeError):
+        pass
+    return dict_to_json(cfg_dict)
 
 
 def _append(path: str, current: Any, value: Any) -> dict[str, Any]:
@@ -326,6 +352,15 @@ def _append(path: str, current: Any, value: Any) -> dict[str, Any]:
 
 
 # -- AdmissionReview ----------------------------------------------------------------------------
+def encode_patch(patch: list[dict[str, Any]]) -> bytes:
+    """Compact JSON. orjson is ~10x the stdlib here; it refuses what JSON cannot carry exactly
+    (integers beyond 64 bits, lone surrogates from a hand-made dict), which the stdlib encodes."""
+    try:
+        return orjson.dumps(patch)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(patch, separators=(",", ":")).encode()
+
+
 def review(body: Any, settings: Settings) -> ReviewResult:
     """One AdmissionReview request -> the full AdmissionReview response. Never raises."""
     api_version = API_VERSIONS[0]
@@ -347,7 +382,7 @@ def _answer(api_version: str, uid: str, allowed: bool, patch: list | None = None
     response: dict[str, Any] = {"uid": uid, "allowed": allowed}
     if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+        response["patch"] = binascii.b2a_base64(encode_patch(patch), newline=False).decode("ascii")
     if warnings:
         response["warnings"] = warnings
     if not allowed:

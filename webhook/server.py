@@ -44,14 +44,51 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 
 class FastLogger(Logger):
     """injector.log's JSON-line format, encoded with orjson and the timestamp's seconds cached:
-    one line per admission is on the hot path (json.dumps + strftime cost ~3x this)."""
+    one line per admission is on the hot path (json.dumps + strftime cost ~3x this).
+
+    `info_soon` (the per-admission line) queues the line and writes every line queued during one
+    event-loop iteration with a single write(2) right after it: one syscall per admission was
+    the largest single cost of the handler under load. Order is kept: any other log call writes
+    the queue first, and an exit flushes it."""
 
     _sec = -1
     _prefix = ""
 
+    def __init__(self, component: str, stream: Any = None, level: str = "info", **context: Any) -> None:
+        super().__init__(component, stream, level, **context)
+        self._pending: list[bytes] = []
+        self._atexit = False
+
     def log(self, level: str, event: str, **fields: Any) -> None:
-        if LEVELS[level] < self.threshold:
+        line = self._line(level, event, fields)
+        if line is None:
+            return super().log(level, event, **fields)
+        if line:
+            self._pending.append(line)
+            self.flush()
+
+    def info_soon(self, event: str, **fields: Any) -> None:
+        line = self._line("info", event, fields)
+        if line is None:
+            return self.log("info", event, **fields)
+        if not line:
             return
+        self._pending.append(line)
+        if len(self._pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop: nothing would flush later
+                return self.flush()
+            if not self._atexit:
+                import atexit  # noqa: PLC0415
+
+                atexit.register(self.flush)
+                self._atexit = True
+
+    def _line(self, level: str, event: str, fields: dict[str, Any]) -> bytes | None:
+        """The encoded line; b"" when below the level; None when orjson cannot encode it."""
+        if LEVELS[level] < self.threshold:
+            return b""
         t = time.time()
         sec = int(t)
         if sec != self._sec:
@@ -59,17 +96,24 @@ class FastLogger(Logger):
         record = {"ts": f"{self._prefix}.{int(t % 1 * 1000):03d}Z", "level": level, "component": self.component,
                   "event": event, **self.context, **fields}
         try:
-            line = orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)
+            return orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)
         except TypeError:  # e.g. an int beyond 64 bits: the stdlib encoder copes
-            return super().log(level, event, **fields)
+            self.flush()
+            return None
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending.clear()
         stream = self.stream or sys.stderr
         try:
             buf = getattr(stream, "buffer", None)
             if buf is not None:
-                buf.write(line)
+                buf.write(data)
                 buf.flush()
             else:
-                stream.write(line.decode())
+                stream.write(data.decode())
                 stream.flush()
         except (OSError, ValueError):  # closed pipe: logging must never take the process down
             pass
@@ -182,30 +226,36 @@ class ReviewCache:
     """Answers for AdmissionReviews seen before, keyed by the whole request minus its uid.
 
     review() is pure in (request, settings) and settings are fixed for the process, so the answer
-    to a byte-identical request is the same but for the echoed uid. That is the common case, not
-    a benchmark trick: every replica of a Deployment/ReplicaSet/Job reaches the webhook as the same
-    pod object (generateName, no name), so a scale-up to N pods costs one review() and N-1 lookups.
-    Internal errors are never cached. Bounded LRU.
+    to an identical request (every field of `request` but the uid, dryRun included, and the
+    apiVersion) is the same but for the echoed uid. That is the common case, not a benchmark
+    trick: every replica of a Deployment/ReplicaSet/Job reaches the webhook as the same pod object
+    (generateName, no name), so a scale-up to N pods costs one review() and N-1 lookups.
+
+    The key is the request's canonical JSON itself (compared exactly, no digest to trust).
+    Internal errors are never cached. Bounded LRU: at most `size` entries and `max_bytes` of keys
+    and answers together; a request or answer over `max_entry` bytes is not cached at all.
     """
 
-    def __init__(self, size: int = 512) -> None:
+    def __init__(self, size: int = 512, max_bytes: int = 16 << 20, max_entry: int = 256 << 10) -> None:
         from collections import OrderedDict
 
         self.size = size
-        self.entries: "OrderedDict[bytes, tuple]" = OrderedDict()
+        self.max_bytes = max_bytes
+        self.max_entry = max_entry
+        self.bytes = 0
+        self.entries: "OrderedDict[bytes, tuple[tuple, int]]" = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    @staticmethod
-    def key(doc: dict) -> bytes | None:
-        import hashlib
-
+    def key(self, doc: dict, body_size: int = 0) -> bytes | None:
+        if body_size > self.max_entry:
+            return None
         try:
             request = {**doc["request"], "uid": ""}
             raw = orjson.dumps([doc.get("apiVersion"), request])
         except (TypeError, orjson.JSONEncodeError):  # e.g. integers beyond 64 bits: just don't cache
             return None
-        return hashlib.blake2b(raw, digest_size=20).digest()
+        return raw if len(raw) <= self.max_entry else None
 
     def get(self, key: bytes) -> tuple | None:
         hit = self.entries.get(key)
@@ -214,12 +264,17 @@ class ReviewCache:
             return None
         self.entries.move_to_end(key)
         self.hits += 1
-        return hit
+        return hit[0]
 
-    def put(self, key: bytes, value: tuple) -> None:
-        self.entries[key] = value
-        if len(self.entries) > self.size:
-            self.entries.popitem(last=False)
+    def put(self, key: bytes, value: tuple, answer_size: int) -> None:
+        size = len(key) + answer_size
+        if size > self.max_entry or key in self.entries:
+            return
+        self.entries[key] = (value, size)
+        self.bytes += size
+        while len(self.entries) > self.size or self.bytes > self.max_bytes:
+            _, (_, old) = self.entries.popitem(last=False)
+            self.bytes -= old
 
 
 def make_app(state: WebhookState) -> web.Application:
@@ -231,6 +286,7 @@ def make_app(state: WebhookState) -> web.Application:
     metrics, log, max_body, cache = state.metrics, state.log, state.max_body, state.cache
     perf = time.perf_counter
     loads, dumps = orjson.loads, orjson.dumps
+    log_admission = log.info_soon if isinstance(log, FastLogger) else log.info
 
     async def mutate(request: web.Request) -> web.Response:
         t0 = perf()
@@ -257,8 +313,9 @@ def make_app(state: WebhookState) -> web.Application:
             metrics.bad_request(400)
             return _status(400, "BadRequest", problem)
         uid = doc["request"]["uid"]
-        key = cache.key(doc) if cache is not None else None
+        key = cache.key(doc, len(body)) if cache is not None else None
         cached = cache.get(key) if key is not None else None
+        cacheable = False
         if cached is not None:
             template, decision, namespace, pod, warnings = cached
             response = {**template, "response": {**template["response"], "uid": uid}}
@@ -270,8 +327,8 @@ def make_app(state: WebhookState) -> web.Application:
                 if getattr(result, "internal_error", ""):  # review() caught its own bug and refused
                     decision = "error"
                     log.error("review_failed", uid=uid, error_type=result.internal_error)
-                elif key is not None and isinstance(response.get("response"), dict):
-                    cache.put(key, (response, decision, namespace, pod, warnings))
+                else:
+                    cacheable = key is not None and isinstance(response.get("response"), dict)
             except Exception as exc:  # a bug, not bad input: deny (fail closed) and say where
                 response, decision, warnings, namespace, pod = _fail_closed(doc, uid), "error", 0, None, None
                 log.error("review_failed", uid=uid, error_type=type(exc).__name__, where=_where(exc))
@@ -283,12 +340,14 @@ def make_app(state: WebhookState) -> web.Application:
             try:
                 out = json.dumps(response, separators=(",", ":")).encode()
             except (TypeError, ValueError):
-                decision, out = "error", dumps(_fail_closed(doc, uid))
+                decision, out, cacheable = "error", dumps(_fail_closed(doc, uid)), False
                 log.error("response_unencodable", uid=uid)
+        if cacheable:
+            cache.put(key, (response, decision, namespace, pod, warnings), len(out))  # type: ignore[union-attr]
         elapsed = perf() - t0
         metrics.observe(decision, elapsed)
-        log.info("admission", uid=uid, namespace=namespace, pod=pod, decision=decision,
-                 latency_ms=round(elapsed * 1000, 3), warnings=warnings)
+        log_admission("admission", uid=uid, namespace=namespace, pod=pod, decision=decision,
+                      latency_ms=round(elapsed * 1000, 3), warnings=warnings)
         return web.Response(body=out, headers=_JSON_HEADERS)
 
     async def healthz(_: web.Request) -> web.Response:
