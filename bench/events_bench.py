@@ -141,7 +141,7 @@ async def run(args: argparse.Namespace) -> dict:
             idle_start = {n: sum(kms.stats()["identityRoutes"].get(n, {}).values()) for n in idle_names}
             idle_routes_start = {n: dict(kms.stats()["identityRoutes"].get(n, {})) for n in idle_names}
             t_idle = time.monotonic()
-            await asyncio.sleep(2.0)  # let the post-connect resync settle
+            await asyncio.sleep(2.0)  # let start-up settle
 
             # 1. events: sequential rotations, isolated (pauses longer than the debounce window),
             #    then back to back (pauses shorter than it: every rotation lands in a burst)

@@ -197,7 +197,9 @@ class AgentConfig:
     def to_dict(self) -> dict[str, Any]:
         # What dataclasses.asdict gave, built directly: asdict's recursive deep copy was most of
         # the webhook's per-pod cost. Containers are copied, so the dict never aliases self.
-        data = {name: getattr(self, name) for name in _FIELD_NAMES}
+        data = dict(self.__dict__)  # the fields, unless someone hung other attributes on self
+        if data.keys() != _FIELD_SET:
+            data = {name: getattr(self, name) for name in _FIELD_NAMES}
         data["sources"] = [{"path": s.path, "subdir": s.subdir} for s in self.sources]
         data["templates"] = dict(self.templates)
         data["command"] = list(self.command)
@@ -251,6 +253,7 @@ class AgentConfig:
 
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(AgentConfig))
+_FIELD_SET = frozenset(_FIELD_NAMES)
 _encoder: Any = None
 
 

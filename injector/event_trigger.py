@@ -82,17 +82,26 @@ async def event_trigger(agent: Any) -> None:
         agent.log.info("events_disabled", action="polling only", refresh_interval=cfg.refresh_interval)
         return
     client = agent.client
-    resolve = getattr(client, "resolve_api", None)
-    if resolve is not None and getattr(client, "api", "infisical") is None:
-        await _until_resolved(agent, resolve)
+    step = 0.1
+    while getattr(client, "api", "infisical") is None:  # api: auto, not detected yet: the sync loop
+        await asyncio.sleep(step)  # detects it (with its own backoff); no requests from here
+        step = min(5.0, step * 2)
     if getattr(client, "api", "infisical") == "canonical":
         agent.log.info("events_unsupported", reason="the canonical KMS API has no event stream", action="polling only")
         return
     from injector.kms.events import EventSubscriber
 
-    sub = EventSubscriber(client, cfg.project, cfg.env, [s.path for s in cfg.sources], logger=agent.log)
+    def wake(reason: str) -> None:
+        # While syncs are failing the agent retries on its own schedule (backoff, Retry-After, the
+        # floor after wrong credentials); an early wake would jump that queue. Its next success
+        # fetches the latest state anyway, so nothing is lost by not waking it.
+        if agent.metrics.healthy:
+            agent.wake(reason)
+
+    sub = EventSubscriber(client, cfg.project, cfg.env, [s.path for s in cfg.sources], logger=agent.log,
+                          on_need_login=lambda: wake("event stream token rejected"))
     agent.event_subscriber = sub  # for metrics/tests; plain attribute, the Agent does not rely on it
-    debouncer = Debouncer(lambda reason: agent.wake(reason))
+    debouncer = Debouncer(wake)
     flusher = asyncio.create_task(debouncer.run())
 
     def on_change(ev: Any) -> None:
@@ -110,17 +119,3 @@ async def event_trigger(agent: Any) -> None:
             await flusher
         except (asyncio.CancelledError, Exception):
             pass
-
-
-async def _until_resolved(agent: Any, resolve: Callable[[], Any]) -> None:
-    """api: auto and no successful login yet: wait until the backend is known (the sync loop
-    keeps trying and logging; this only retries quietly)."""
-    from injector.backoff import Backoff
-
-    backoff = Backoff(base=1.0, cap=60.0)
-    while True:
-        try:
-            await resolve()
-            return
-        except Exception:
-            await asyncio.sleep(backoff.next_delay())

@@ -35,9 +35,11 @@ import os
 import re
 import stat
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from injector.keys import display_key, unsafe_key_reason
+
+_T = TypeVar("_T")
 
 DATA = "..data"
 DATA_TMP = "..data_tmp"
@@ -262,6 +264,16 @@ class AtomicWriter:
 
 def read_current(target_dir: str) -> dict[str, bytes]:
     """The files of the version `..data` points at, {relative path: bytes}; {} if none."""
+    return _map_current(target_dir, lambda fd: _read_all(fd, os.fstat(fd).st_size))
+
+
+def read_modes(target_dir: str) -> dict[str, int]:
+    """{relative path: permission bits} of the current version (for tests and diagnostics)."""
+    return _map_current(target_dir, lambda fd: stat.S_IMODE(os.fstat(fd).st_mode))
+
+
+def _map_current(target_dir: str, per_file: Callable[[int], _T]) -> dict[str, _T]:
+    """{relative path: per_file(fd)} over the current version's files; {} if there is none."""
     try:
         dfd = os.open(target_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -275,29 +287,7 @@ def read_current(target_dir: str) -> dict[str, bytes]:
             out = {}
             for rel, fd in _walk_files(vfd, "", strict=False):
                 try:
-                    out[rel] = _read_all(fd, os.fstat(fd).st_size)
-                finally:
-                    os.close(fd)
-            return out
-        finally:
-            os.close(vfd)
-    finally:
-        os.close(dfd)
-
-
-def read_modes(target_dir: str) -> dict[str, int]:
-    """{relative path: permission bits} of the current version (for tests and diagnostics)."""
-    dfd = os.open(target_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        version = _current_version(dfd)
-        if version is None:
-            return {}
-        vfd = os.open(version, _DIR_FLAGS, dir_fd=dfd)
-        try:
-            out = {}
-            for rel, fd in _walk_files(vfd, "", strict=False):
-                try:
-                    out[rel] = stat.S_IMODE(os.fstat(fd).st_mode)
+                    out[rel] = per_file(fd)
                 finally:
                     os.close(fd)
             return out

@@ -90,7 +90,7 @@ async def test_change_reaches_file_and_app_fast_and_bursts_are_coalesced(kms, tm
         assert "API_KEY" in app_reloads(app)[0]
 
         # A burst of 50 updates: debounced into a few fetches, the last value wins.
-        await wait_for(lambda: agent_fetches(kms) >= 2, what="the resync fetch after connecting")
+        await wait_for(lambda: agent_fetches(kms) >= 2, what="first sync and the event's fetch")
         await asyncio.sleep(1.5)  # let the first change's fetches settle before counting
         before, reloads = agent_fetches(kms), len(app_reloads(app))
         for i in range(50):

@@ -49,6 +49,7 @@ KNOWN = (
     "mode", "refresh-interval", "init-timeout", "mount-path", "containers", "format", "file-mode",
     "signal", "signal-process", "command", "events", "agent-cpu", "agent-memory", "agent-health-port",
 )
+_KNOWN = frozenset(KNOWN)
 # Paths the secrets volume may not cover: they would hide system files or our own credentials.
 FORBIDDEN_MOUNTS = ("/proc", "/sys", "/dev", "/etc", "/bin", "/sbin", "/lib", "/usr", "/var/run/secrets", "/kms/auth", "/kms/sa")
 
@@ -170,7 +171,7 @@ def parse(annotations: dict, settings: Settings, pod: PodFacts) -> Parsed:
             if name != "path" and (not _NAME.match(subdir) or subdir.startswith("..")):
                 raise AnnotationError(key, None, "the name after path- must be a folder name ([A-Za-z0-9_.-], starting and ending alphanumeric)")
             sources[subdir] = (key, value)
-        elif name in KNOWN:
+        elif name in _KNOWN:
             simple[name] = value
         elif len(warnings) < MAX_WARNINGS:
             warnings.append(f"{show_key(key)}: unknown annotation, ignored (see docs/annotations.md)")
@@ -181,12 +182,11 @@ def parse(annotations: dict, settings: Settings, pod: PodFacts) -> Parsed:
         raise AnnotationError(PREFIX + "path-NAME", None, f"at most {MAX_SOURCES} paths per pod")
     if len(templates) > MAX_TEMPLATES:
         raise AnnotationError(PREFIX + "template-FILE", None, f"at most {MAX_TEMPLATES} templates per pod")
-    clash = sorted(set(templates) & set(sources))
+    clash = sorted(set(templates) & set(sources)) if templates else []
     if clash:
         raise AnnotationError(PREFIX + "template-" + clash[0], None, f"{clash[0]!r} is already the folder of {PREFIX}path-{clash[0]}; use another file name")
 
-    def get(name: str) -> str | None:
-        return simple.get(name)
+    get = simple.get
 
     if get("inject") is not None:
         _bool(PREFIX + "inject", get("inject"))

@@ -102,24 +102,45 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _container_facts(c: Any, where: str, pod_uid: int | None) -> ContainerFacts:
-    c = _dict(c, where, required=True)
+    # Hot path: messages (f-strings) are built only when something is wrong.
+    if not isinstance(c, dict):
+        raise PodShapeError(where, "an object")
     name = c.get("name")
     if not isinstance(name, str) or not name:
         raise PodShapeError(f"{where}.name", "a non-empty string")
-    command = _list(c.get("command"), f"{where}.command")
+    command = c.get("command")
+    if command is not None and not isinstance(command, list):
+        raise PodShapeError(f"{where}.command", "a list")
     command0 = command[0] if command and isinstance(command[0], str) else ""
-    sc = _dict(c.get("securityContext"), f"{where}.securityContext")
-    uid = _int_or_none(sc.get("runAsUser"))
+    sc = c.get("securityContext")
+    if sc is None:
+        uid = None
+    elif isinstance(sc, dict):
+        uid = _int_or_none(sc.get("runAsUser"))
+    else:
+        raise PodShapeError(f"{where}.securityContext", "an object")
     ports = []
-    for j, p in enumerate(_list(c.get("ports"), f"{where}.ports")):
-        port = _int_or_none(_dict(p, f"{where}.ports[{j}]", required=True).get("containerPort"))
-        if port is not None:
-            ports.append(port)
-    mounts = _list(c.get("volumeMounts"), f"{where}.volumeMounts")
-    for j, m in enumerate(mounts):
-        _dict(m, f"{where}.volumeMounts[{j}]", required=True)
-    image = c.get("image") if isinstance(c.get("image"), str) else ""
-    return ContainerFacts(name=name, command0=posixpath.basename(command0.rstrip("/")), image=image,
+    raw_ports = c.get("ports")
+    if raw_ports is not None:
+        if not isinstance(raw_ports, list):
+            raise PodShapeError(f"{where}.ports", "a list")
+        for j, p in enumerate(raw_ports):
+            if not isinstance(p, dict):
+                raise PodShapeError(f"{where}.ports[{j}]", "an object")
+            port = _int_or_none(p.get("containerPort"))
+            if port is not None:
+                ports.append(port)
+    mounts = c.get("volumeMounts")
+    if mounts is not None:
+        if not isinstance(mounts, list):
+            raise PodShapeError(f"{where}.volumeMounts", "a list")
+        for j, m in enumerate(mounts):
+            if not isinstance(m, dict):
+                raise PodShapeError(f"{where}.volumeMounts[{j}]", "an object")
+    image = c.get("image")
+    if command0:
+        command0 = posixpath.basename(command0.rstrip("/"))
+    return ContainerFacts(name=name, command0=command0, image=image if isinstance(image, str) else "",
                           run_as_user=uid if uid is not None else pod_uid, ports=tuple(ports))
 
 
@@ -130,11 +151,12 @@ def pod_facts(pod: dict, namespace: str) -> PodFacts:
     containers = _list(spec.get("containers"), "spec.containers")
     if not containers:
         raise PodShapeError("spec.containers", "a non-empty list")
-    app = tuple(_container_facts(c, f"spec.containers[{i}]", pod_uid) for i, c in enumerate(containers))
-    inits = tuple(_container_facts(c, f"spec.initContainers[{i}]", pod_uid)
-                  for i, c in enumerate(_list(spec.get("initContainers"), "spec.initContainers")))
+    app = tuple([_container_facts(c, f"spec.containers[{i}]", pod_uid) for i, c in enumerate(containers)])
+    inits = tuple([_container_facts(c, f"spec.initContainers[{i}]", pod_uid)
+                   for i, c in enumerate(_list(spec.get("initContainers"), "spec.initContainers"))])
     for i, v in enumerate(_list(spec.get("volumes"), "spec.volumes")):
-        _dict(v, f"spec.volumes[{i}]", required=True)
+        if not isinstance(v, dict):
+            raise PodShapeError(f"spec.volumes[{i}]", "an object")
     sa = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
     return PodFacts(namespace=namespace, service_account=sa if isinstance(sa, str) else "default",
                     containers=app, init_containers=inits, fs_group=_int_or_none(psc.get("fsGroup")) is not None)
@@ -232,7 +254,7 @@ def _agent_security(parsed: Parsed, facts: PodFacts, settings: Settings, warning
 
 
 def _agent_container(name: str, mode_arg: str, cfg_json: str, mounts: list[dict], parsed: Parsed,
-                     security: dict, settings: Settings) -> dict[str, Any]:
+                     security: dict, settings: Settings, resources: dict[str, dict[str, str]]) -> dict[str, Any]:
     o = parsed.options
     c: dict[str, Any] = {
         "name": name,
@@ -245,7 +267,7 @@ def _agent_container(name: str, mode_arg: str, cfg_json: str, mounts: list[dict]
             {"name": "KMS_POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
             {"name": "KMS_POD_NAMESPACE", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}},
         ],
-        "resources": settings.agent.resources.to_k8s(o.cpu_request, o.memory_request),
+        "resources": resources,
         "securityContext": security,
         "volumeMounts": mounts,
         # Init failures print one line naming what failed; show it in `kubectl describe`.
@@ -302,8 +324,9 @@ def _build_patch(pod: dict, spec: dict, meta: dict, annotations: dict, parsed: P
     security = _agent_security(parsed, facts, settings, warnings)
     cfg_dict = cfg.to_dict()
     cfg_json = config_json(cfg_dict)
+    resources = settings.agent.resources.to_k8s(o.cpu_request, o.memory_request)
     if o.mode == "native":
-        native = _agent_container(AGENT, "sidecar", cfg_json, agent_mounts, parsed, security, settings)
+        native = _agent_container(AGENT, "sidecar", cfg_json, agent_mounts, parsed, security, settings, resources)
         native["restartPolicy"] = "Always"
         # The app starts only once the first files exist (/readyz), within the init timeout.
         native["startupProbe"] = {"httpGet": {"path": "/readyz", "port": o.health_port}, "periodSeconds": 1,
@@ -311,13 +334,15 @@ def _build_patch(pod: dict, spec: dict, meta: dict, annotations: dict, parsed: P
         first = native
     else:
         cfg_dict["mode"], cfg_dict["health_port"] = "init", 0
-        first = _agent_container(AGENT_INIT, "init", config_json(cfg_dict), agent_mounts, parsed, security, settings)
+        first = _agent_container(AGENT_INIT, "init", config_json(cfg_dict), agent_mounts, parsed, security, settings, resources)
     if spec.get("initContainers") is None:
         ops.append({"op": "add", "path": "/spec/initContainers", "value": [first]})
     else:
         ops.append({"op": "add", "path": "/spec/initContainers/0", "value": first})
     if o.mode == "sidecar":
-        sidecar = _agent_container(AGENT, "sidecar", cfg_json, [dict(m) for m in agent_mounts], parsed, security, settings)
+        # Its own mounts and resources dicts (the init container has the first ones).
+        sidecar = _agent_container(AGENT, "sidecar", cfg_json, [dict(m) for m in agent_mounts], parsed, security, settings,
+                                   {k: dict(v) for k, v in resources.items()})
         ops.append({"op": "add", "path": "/spec/containers/-", "value": sidecar})
 
     # 5. Signalling needs to see the app's processes.

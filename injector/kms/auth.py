@@ -209,6 +209,11 @@ class TokenManager:
         """Forget the token: the next call logs in afresh (e.g. credential files changed)."""
         self._token = None
 
+    def valid_token(self) -> str | None:
+        """The current token if it has not expired yet, without logging in or renewing."""
+        tok = self._token
+        return tok.value if tok is not None and self.clock() < tok.expires_at else None
+
     async def token(self) -> str:
         """A valid access token, logging in or renewing first when due."""
         tok = self._token

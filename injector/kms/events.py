@@ -7,8 +7,9 @@
 `text/event-stream`. For every folder we register secret:create/update/delete/import-mutation with
 conditions {secretPath: <folder, exact>, environmentSlug: env}; the server filters, and we check
 again here (a server may ignore conditions). `on_change(event)` is called for each matching event,
-and with a `resync` event after every (re)connect: changes made while no stream was open would
-otherwise only be seen at the next poll.
+and with a `resync` event after every REconnect: changes made while the stream was down would
+otherwise only be seen at the next poll. (Not after the first connect: the agent subscribes right
+after its first sync, and a fetch there would only repeat it.)
 
 Failures never end the subscription: 429 (honouring Retry-After), a dropped stream, a silent
 stream (no data, not even a heartbeat, for `idle_timeout`), 5xx, network errors -> reconnect with
@@ -160,6 +161,7 @@ class EventSubscriber:
         paths: list[str],
         *,
         logger: Any = None,
+        on_need_login: Callable[[], Any] | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -169,6 +171,10 @@ class EventSubscriber:
         self.env = env
         self.paths = [_norm(p) for p in paths]
         self.log = logger
+        # With an owner (the agent) that logs in on its own schedule, the subscriber never logs in
+        # itself: it waits for a valid token, and asks the owner (once per rejected token) to
+        # fetch now. So wrong credentials cost no extra logins (KMS locks an identity after 3).
+        self.on_need_login = on_need_login
         self.idle_timeout = idle_timeout
         self.backoff = backoff or Backoff(base=BACKOFF_BASE, cap=BACKOFF_CAP)
         self.clock = clock
@@ -207,6 +213,8 @@ class EventSubscriber:
                 return
             except _Relogin:
                 self.client.tokens.invalidate()
+                if self.on_need_login is not None:
+                    self.on_need_login()
                 if not relogged:  # one immediate retry with a fresh login; then back off
                     relogged = True
                     continue
@@ -226,7 +234,7 @@ class EventSubscriber:
 
     async def _stream(self, on_change: Callable[[ChangeEvent], Any]) -> None:
         """One connection: open, report resync, read events until the stream ends (or fails)."""
-        token = await self.client.tokens.token()
+        token = await self._token()
         headers = {"Authorization": f"Bearer {token}", "Cache-Control": "no-cache"}
         async with self.client.http.stream("POST", SUBSCRIBE_PATH, json=self._body(), headers=headers) as resp:
             if resp.status != 200:
@@ -242,7 +250,8 @@ class EventSubscriber:
                 self._log("info", "events_connected", project=self.project, env=self.env, paths=self.paths,
                           after_failures=self.failures)
             self._failing = False
-            on_change(ChangeEvent("resync"))
+            if self.connects > 1:
+                on_change(ChangeEvent("resync"))
             parser = SseParser()
             async for line in resp.lines(idle_timeout=self.idle_timeout):
                 msg = parser.feed(line)
@@ -257,6 +266,16 @@ class EventSubscriber:
                 if ev is not None:
                     self.events += 1
                     on_change(ev)
+
+    async def _token(self) -> str:
+        tokens = self.client.tokens
+        if self.on_need_login is None:
+            return await tokens.token()  # standalone: log in (or renew) as needed
+        step = 0.05
+        while tokens.valid_token() is None:  # no requests while we wait: the owner logs in
+            await asyncio.sleep(step)
+            step = min(1.0, step * 2)
+        return await tokens.token()  # valid: at most a renewal, never a login with no token
 
     async def _refuse(self, resp: Any) -> None:
         try:
