@@ -43,6 +43,11 @@ SIDECAR_BACKOFF_CAP = 300.0
 # Wrong credentials are not retried sooner than this unless the credential files change: KMS may
 # lock an identity after a few bad logins in a row, which would hurt every pod sharing it.
 AUTH_RETRY_FLOOR = 5.0
+# KMS locks an identity after 3 wrong logins in a row, for every pod that shares it. So the same
+# credentials are tried at most AUTH_MAX_TRIES times; then the agent waits for the credential
+# files to change (the watch wakes it at once) and only re-tries every AUTH_PARK seconds.
+AUTH_MAX_TRIES = 2
+AUTH_PARK = 600.0
 JITTER = 0.10
 SHUTDOWN_GRACE = 0.5
 WATCH_RECHECK = 10.0  # seconds between credential digest re-checks when no file event arrives
@@ -84,6 +89,7 @@ class Agent:
     _wake_reason: str = field(default="", init=False)
     _triggers: list[Trigger] = field(default_factory=list, init=False)
     _health: _Health = field(default_factory=_Health, init=False)
+    _rejected: tuple[bytes, int] = field(default=(b"", 0), init=False)  # (credentials digest, refusals)
 
     # -- wake-ups (credentials changed; later: KMS change events) -------------------------------
     def wake(self, reason: str) -> None:
@@ -192,6 +198,7 @@ class Agent:
             self.log.info("sync_recovered", failed_attempts=self._health.failures,
                           outage_seconds=round(time.monotonic() - self._health.since, 1))
         self._health = _Health()
+        self._rejected = (b"", 0)
         m.healthy = True
 
     def _record_failure(self, exc: BaseException) -> str:
@@ -210,7 +217,17 @@ class Agent:
 
     def _retry_delay(self, backoff: Backoff, exc: BaseException) -> float:
         floor = float(getattr(exc, "retry_after", 0.0) or 0.0)
-        if isinstance(exc, (InvalidCredentials, CredentialsUnavailable)):
+        if isinstance(exc, InvalidCredentials):
+            digest = _fingerprint(credential_files(self.config))
+            refusals = self._rejected[1] + 1 if self._rejected[0] == digest else 1
+            self._rejected = (digest, refusals)
+            if refusals >= AUTH_MAX_TRIES:
+                if refusals == AUTH_MAX_TRIES:
+                    self.log.warning("credentials_rejected", refusals=refusals, retry_in=AUTH_PARK,
+                                     action="waiting for the credential files to change, to keep the identity from being locked")
+                return max(floor, AUTH_PARK)
+            floor = max(floor, AUTH_RETRY_FLOOR)
+        elif isinstance(exc, CredentialsUnavailable):
             floor = max(floor, AUTH_RETRY_FLOOR)
         return backoff.next_delay(floor=floor)
 

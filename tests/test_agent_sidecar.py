@@ -191,3 +191,24 @@ async def test_health_endpoints_and_fixing_wrong_credentials(kms, tmp_path: Path
 
 async def _ready(url: str) -> bool:
     return (await aget(f"{url}/readyz"))[0] == 200
+
+
+async def test_rejected_credentials_are_not_retried_into_a_lockout(kms, tmp_path: Path) -> None:
+    """KMS locks a shared identity after 3 wrong logins in a row: an agent whose Secret is wrong
+    tries twice, then waits for the files to change instead of locking out every other pod."""
+    write_credentials(tmp_path / "auth", CLIENT_ID, "wrong-secret-lockout-1111")
+    agent, port = await start_sidecar(kms, tmp_path, interval=5)
+    try:
+        await wait_for(lambda: agent.events("credentials_rejected"), timeout=30, what="credentials parked")
+        # Three more intervals pass: a retry per interval (or per backoff) would reach the lockout.
+        deadline = time.monotonic() + 16
+        while time.monotonic() < deadline:
+            assert kms.stats()["statuses"].get("401", 0) <= 2, kms.stats()
+            await asyncio.sleep(0.5)
+        assert kms.stats()["routes"][LOGIN] == 2
+        write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)  # the Secret gets fixed
+        await wait_for(lambda: _ready(f"http://127.0.0.1:{port}"), timeout=20, what="ready after the fix")
+        assert kms.stats()["routes"][LOGIN] == 3  # not locked: the right secret works at once
+        assert "wrong-secret-lockout-1111" not in agent.stderr()
+    finally:
+        agent.stop()
