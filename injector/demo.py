@@ -261,7 +261,8 @@ def step_sidecar(demo: Demo) -> None:
     demo.sidecar = demo.spawn("sidecar agent", demo.agent_argv("sidecar"), stdout_to=demo.workdir / "agent-sidecar.out", stderr_to=log)
     _wait_log(log, '"event":"first_sync"', demo.sidecar)
     changed = '"changed":true' in _find_log(log, '"event":"first_sync"')
-    demo.say(f"[4] agent --mode sidecar: refresh every {REFRESH}, SIGHUP to {APP_NAME} after a change; "
+    demo.say(f"[4] agent --mode sidecar: KMS change events + a safety-net refresh every {REFRESH}, "
+             f"SIGHUP to {APP_NAME} after a change; "
              f"first sync {'changed files' if changed else 'found the same content: no write, no signal'}")
 
 
@@ -269,10 +270,10 @@ def step_rotate(demo: Demo) -> None:
     before = list_version(demo.secrets_dir)
     token = demo.login(*demo.writer_identity)
     new_value = "rotated-" + _secrets.token_hex(12)  # never printed
+    t0 = time.monotonic()
     demo.api("PATCH", f"/v3/secrets/raw/{demo.rotate_key}", {
         "workspaceSlug": demo.project, "projectSlug": demo.project, "environment": demo.env,
         "secretPath": demo.path, "secretValue": new_value, "type": "shared"}, token=token)
-    t0 = time.monotonic()
     demo.say(f"[5] rotated {demo.rotate_key} in KMS: PATCH /v3/secrets/raw/{demo.rotate_key} (new value not shown)")
     assert demo.app is not None
     line = demo.app.wait_line(r"^app: reload #\d+ on SIGHUP")
@@ -281,7 +282,7 @@ def step_rotate(demo: Demo) -> None:
     with open(demo.secrets_dir / demo.rotate_key) as fh:
         if fh.read() != new_value:
             raise DemoError(f"{demo.rotate_key} on disk is not the rotated value")
-    demo.say(f"      ..data: {before} -> {after}  (swapped by rename(2) after {took:.1f}s)")
+    demo.say(f"      ..data: {before} -> {after}  (swapped by rename(2), {took * 1000:.0f} ms after the change)")
     demo.say(f"      {line}")
 
 

@@ -7,9 +7,9 @@
 `text/event-stream`. For every folder we register secret:create/update/delete/import-mutation with
 conditions {secretPath: <folder, exact>, environmentSlug: env}; the server filters, and we check
 again here (a server may ignore conditions). `on_change(event)` is called for each matching event,
-and with a `resync` event after every REconnect: changes made while the stream was down would
-otherwise only be seen at the next poll. (Not after the first connect: the agent subscribes right
-after its first sync, and a fetch there would only repeat it.)
+and with a `resync` event after every connect: changes made while no stream was open (including
+between the agent's first sync and its first subscription) would otherwise only be seen at the
+next poll. A resync with nothing changed costs one 304.
 
 Failures never end the subscription: 429 (honouring Retry-After), a dropped stream, a silent
 stream (no data, not even a heartbeat, for `idle_timeout`), 5xx, network errors -> reconnect with
@@ -250,8 +250,9 @@ class EventSubscriber:
                 self._log("info", "events_connected", project=self.project, env=self.env, paths=self.paths,
                           after_failures=self.failures)
             self._failing = False
-            if self.connects > 1:
-                on_change(ChangeEvent("resync"))
+            # Also on the first connect: a change made between the agent's first sync and this
+            # subscription would otherwise wait for the next poll. Costs one 304 per start.
+            on_change(ChangeEvent("resync"))
             parser = SseParser()
             async for line in resp.lines(idle_timeout=self.idle_timeout):
                 msg = parser.feed(line)
