@@ -31,7 +31,7 @@ from typing import Any, Awaitable, Callable
 
 from injector.backoff import Backoff
 from injector.config import AgentConfig, ConfigError
-from injector.health import Metrics
+from injector.health import Metrics, token_counters
 from injector.kms.errors import CredentialsUnavailable, InvalidCredentials
 from injector.log import Logger, get_logger
 
@@ -398,6 +398,7 @@ def build_agent(config: AgentConfig, log: Logger) -> Agent:
     client = build_client(config, log)  # auth (universal | kubernetes) and backend (api: auto/infisical/canonical)
     writer = AtomicWriter(config.mount_path, config.file_mode, log)
     agent = Agent(config=config, client=client, writer=writer, log=log)
+    agent.metrics.add_collector(token_counters(client))  # kms_agent_auth_logins_total / _renewals_total
     if config.mode == "sidecar":
         from injector.event_trigger import event_trigger
 

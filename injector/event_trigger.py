@@ -75,6 +75,17 @@ class Debouncer:
         self.fire(reason)
 
 
+def subscriber_metrics(sub: Any) -> Callable[[Any], None]:
+    """A Metrics collector (injector.health) reading the subscriber's live state: counts only."""
+
+    def collect(m: Any) -> None:
+        m.events_connected = bool(sub.connected)
+        m.events_received_total = sub.events
+        m.events_reconnects_total = max(0, sub.connects - 1)
+
+    return collect
+
+
 async def event_trigger(agent: Any) -> None:
     """Agent trigger: subscribe, debounce, wake. Returns when events are off or unsupported."""
     cfg = agent.config
@@ -98,10 +109,16 @@ async def event_trigger(agent: Any) -> None:
         if agent.metrics.healthy:
             agent.wake(reason)
 
+    def event_wake(reason: str) -> None:  # the debouncer's output: counted as an event wake-up
+        if agent.metrics.healthy:
+            agent.metrics.event_wakeups_total += 1
+        wake(reason)
+
     sub = EventSubscriber(client, cfg.project, cfg.env, [s.path for s in cfg.sources], logger=agent.log,
                           on_need_login=lambda: wake("event stream token rejected"))
     agent.event_subscriber = sub  # for metrics/tests; plain attribute, the Agent does not rely on it
-    debouncer = Debouncer(wake)
+    agent.metrics.add_collector(subscriber_metrics(sub))
+    debouncer = Debouncer(event_wake)
     flusher = asyncio.create_task(debouncer.run())
 
     def on_change(ev: Any) -> None:

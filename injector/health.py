@@ -8,7 +8,8 @@ timestamps only: never a key name, a value or a token.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
 
 _MAX_REQUEST = 8192
 _READ_TIMEOUT = 5.0
@@ -27,6 +28,25 @@ class Metrics:
     last_success_timestamp_seconds: float = 0.0
     ready: bool = False  # first successful sync done
     healthy: bool = True  # False while syncs are failing
+    events_connected: bool = False  # a KMS change-event stream is open
+    events_received_total: int = 0  # change events matching our folders
+    event_wakeups_total: int = 0  # early fetches the event stream caused (after debouncing)
+    events_reconnects_total: int = 0  # streams re-opened after the first one
+    auth_logins_total: int = 0
+    auth_renewals_total: int = 0
+    # Called before each render to copy live state kept elsewhere (the event subscriber, the token
+    # manager) into the fields above; not rendered (leading underscore).
+    _collectors: list[Callable[["Metrics"], None]] = field(default_factory=list, repr=False, compare=False)
+
+    def add_collector(self, collect: Callable[["Metrics"], None]) -> None:
+        self._collectors.append(collect)
+
+    def collect(self) -> None:
+        for fn in self._collectors:
+            try:
+                fn(self)
+            except Exception:  # a metrics read must never take the health server down
+                pass
 
 
 _HELP = {
@@ -39,12 +59,41 @@ _HELP = {
     "last_success_timestamp_seconds": ("gauge", "Unix time of the last successful sync."),
     "ready": ("gauge", "1 after the first successful sync."),
     "healthy": ("gauge", "0 while syncs are failing (the last good files are kept)."),
+    "events_connected": ("gauge", "1 while the KMS change-event stream is open."),
+    "events_received_total": ("counter", "KMS change events that matched the agent's folders."),
+    "event_wakeups_total": ("counter", "Early fetches caused by the event stream (debounced changes, one per (re)connect)."),
+    "events_reconnects_total": ("counter", "Event streams re-opened after the first one."),
+    "auth_logins_total": ("counter", "Logins to KMS."),
+    "auth_renewals_total": ("counter", "Access token renewals."),
 }
+
+
+def token_counters(client: Any) -> Callable[[Metrics], None]:
+    """A collector copying the KMS client's login/renewal counts into the metrics. The client may
+    swap its token manager (api: auto detection): the old manager's counts are kept, so the
+    counters never go down."""
+    prev: list[Any] = [None, 0, 0]  # manager, logins and renewals of the managers before it
+
+    def collect(m: Metrics) -> None:
+        tm = getattr(client, "tokens", None)
+        if tm is None:
+            return
+        if tm is not prev[0]:
+            if prev[0] is not None:
+                prev[1] += prev[0].logins
+                prev[2] += prev[0].renewals
+            prev[0] = tm
+        m.auth_logins_total = prev[1] + int(getattr(tm, "logins", 0))
+        m.auth_renewals_total = prev[2] + int(getattr(tm, "renewals", 0))
+
+    return collect
 
 
 def render_metrics(metrics: Metrics) -> str:
     out: list[str] = []
     for f in fields(metrics):
+        if f.name.startswith("_"):
+            continue
         kind, help_ = _HELP[f.name]
         name = f"kms_agent_{f.name}"
         value = getattr(metrics, f.name)
@@ -84,6 +133,7 @@ class HealthServer:
             if self.metrics.ready:
                 return 200, "text/plain", "ready\n"
             return 503, "text/plain", "not ready: no successful sync yet\n"
+        self.metrics.collect()
         return 200, "text/plain; version=0.0.4; charset=utf-8", render_metrics(self.metrics)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -101,6 +101,28 @@ async def wait_for(cond: Callable[[], Any], timeout: float = 30.0, what: str = "
         await asyncio.sleep(interval)
 
 
+def wait_until(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.01) -> None:
+    """Blocking twin of `wait_for`, for tests with no event loop to keep serving."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+    """Send `sig`, wait up to `timeout`, then SIGKILL: a test never leaves a process behind."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    return proc.returncode
+
+
 def free_port() -> int:
     import socket
 
@@ -138,13 +160,7 @@ class Proc:
         return self.popen.returncode
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(5)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop_process(self.popen, timeout=5)
 
 
 def spawn(argv: list[str], tmp: Path, name: str, env: dict[str, str] | None = None) -> Proc:

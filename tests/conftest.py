@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from injector.devserver import run_dev_kms, tiny_seed
+from tests.agent_support import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 _SCRIPT = Path(sys.executable).parent / "kms-injector"
@@ -58,14 +59,7 @@ class DevServerProcess:
         return self.stderr_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-        return self.proc.returncode
+        return stop_process(self.proc, sig, timeout)
 
 
 def start_dev_server(args: list[str], stderr_path: Path, timeout: float = 30) -> DevServerProcess:

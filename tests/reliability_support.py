@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .agent_support import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 SOAK = os.environ.get("KMS_SOAK", "") not in ("", "0")
 
@@ -170,31 +172,57 @@ def assert_no_leaks(sources: Mapping[str, str | bytes], markers: Mapping[str, st
 
 # -- webhook over HTTPS ----------------------------------------------------------------------------------
 
-def make_tls(d: Path) -> tuple[Path, Path, str]:
-    """A test CA and a localhost/127.0.0.1 leaf (made here with `cryptography`). -> cert, key, CA PEM."""
+def make_ca(name: str = "test-ca") -> tuple[Any, Any]:
+    """A self-signed test CA (made here with `cryptography`, independent of webhook/certs.py)
+    -> (certificate, private key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert, key
+
+
+def make_leaf(ca: tuple[Any, Any]) -> tuple[bytes, bytes, int]:
+    """A localhost/127.0.0.1 server certificate signed by `ca` -> (cert PEM, key PEM, serial)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "reliability-test-ca")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
-          .not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True).sign(ca_key, hashes.SHA256()))
+    ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(hours=6))
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=12))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
             .sign(ca_key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem, cert.serial_number
+
+
+def make_tls(d: Path) -> tuple[Path, Path, str]:
+    """A test CA and a leaf written to d/tls.crt and d/tls.key -> cert path, key path, CA PEM."""
+    from cryptography.hazmat.primitives import serialization
+
+    ca = make_ca("reliability-test-ca")
+    cert, key, _ = make_leaf(ca)
     d.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = d / "tls.crt", d / "tls.key"
-    cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return cert_path, key_path, ca.public_bytes(serialization.Encoding.PEM).decode()
+    cert_path.write_bytes(cert)
+    key_path.write_bytes(key)
+    return cert_path, key_path, ca[0].public_bytes(serialization.Encoding.PEM).decode()
 
 
 @dataclass
@@ -257,13 +285,7 @@ class WebhookProcess:
             conn.close()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=15)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -16,8 +16,8 @@ from injector.devserver.server import run_dev_kms
 from injector.event_trigger import Debouncer
 from injector.kms.events import SseParser, match_event, registrations
 from tests.agent_support import (
-    APP, CHAT, CLIENT_ID, CLIENT_SECRET, ENV, IDENTITY, PROJECT, agent_args, app_name, app_reloads, read_folder, seed,
-    spawn, wait_for, write_credentials,
+    APP, CHAT, CLIENT_ID, CLIENT_SECRET, ENV, IDENTITY, PROJECT, agent_args, app_name, app_reloads, free_port, metric,
+    metrics, read_folder, seed, spawn, wait_for, write_credentials,
 )
 
 LIST = "GET /v3/secrets/raw"
@@ -143,6 +143,57 @@ async def test_cut_stream_and_server_restart_reconnect(kms, tmp_path: Path) -> N
         await wait_for(lambda: (mount / "JWT_SECRET").read_text() == "VALUE-after-restart", timeout=20, what="event after restart")
         assert time.monotonic() - t0 < 5.0
         assert kms.stats()["eventStreams"].get(IDENTITY) == 1  # one stream, not a pile of them
+    finally:
+        await api.close()
+        agent.stop()
+
+
+async def test_event_metrics_on_the_health_port(kms, tmp_path: Path) -> None:
+    mount = tmp_path / "secrets"
+    write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
+    port = free_port()
+    agent = await start(kms, tmp_path, "--health-port", str(port))
+    api = Api(kms.base_url)
+
+    async def value(name: str) -> float:
+        return metric(await metrics(port), f"kms_agent_{name}")
+
+    async def at_least(name: str, n: float) -> bool:
+        return await value(name) >= n
+
+    async def equals(name: str, n: float) -> bool:
+        return await value(name) == n
+
+    try:
+        await wait_for(lambda: agent.events("health_listening"), what="health server")
+        await wait_for(lambda: at_least("events_connected", 1), what="events_connected 1")
+        await wait_for(lambda: kms.stats()["eventStreams"].get(IDENTITY) == 1, what="stream registered on the server")
+        await wait_for(lambda: at_least("event_wakeups_total", 1), what="the connect's resync wake-up")
+        body = await metrics(port)
+        assert "# TYPE kms_agent_events_connected gauge" in body
+        assert "# TYPE kms_agent_events_received_total counter" in body
+        assert metric(body, "kms_agent_events_received_total") == 0
+        assert metric(body, "kms_agent_events_reconnects_total") == 0
+        assert metric(body, "kms_agent_auth_logins_total") >= 1
+        assert metric(body, "kms_agent_auth_renewals_total") >= 0
+        wakeups = metric(body, "kms_agent_event_wakeups_total")
+
+        # One change through the API: one matching event, one (debounced) early fetch.
+        await api.update("API_KEY", "VALUE-metrics-1")
+        await wait_for(lambda: (mount / "API_KEY").read_text() == "VALUE-metrics-1", timeout=20, what="event-driven update")
+        await wait_for(lambda: at_least("events_received_total", 1), timeout=20, what="received counted")
+        await wait_for(lambda: at_least("event_wakeups_total", wakeups + 1), timeout=20, what="wake-up counted")
+
+        # The KMS goes away and comes back on the same port: disconnected, then one more connection.
+        await kms.stop()
+        await wait_for(lambda: equals("events_connected", 0), timeout=20, what="events_connected 0 while KMS is down")
+        assert await value("events_reconnects_total") == 0
+        await kms.start()
+        await wait_for(lambda: at_least("events_reconnects_total", 1), timeout=30, what="reconnect counted")
+        await wait_for(lambda: at_least("events_connected", 1), timeout=30, what="events_connected 1 again")
+        body = await metrics(port)
+        for secret in ("VALUE-metrics", "API_KEY", CHAT["DATABASE_URL"], CLIENT_SECRET, api.token):
+            assert secret not in body
     finally:
         await api.close()
         agent.stop()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from injector.log import Logger
 from injector.notify import find_processes, process_matches, run_command, send_signal
+from tests.agent_support import wait_until
 
 # Counts SIGHUPs; on SIGUSR1 writes the final count and exits. Each count is written to a file.
 COUNTER = r"""
@@ -39,15 +40,6 @@ while not done:
     time.sleep(0.01)
 write(out + ".final", str(count))
 """
-
-
-def wait_for(cond, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def read(path: Path) -> str | None:
@@ -91,7 +83,7 @@ def start_counter(tmp_path: Path) -> tuple[subprocess.Popen, str, Path]:
     script.write_text(COUNTER)
     out = tmp_path / "count"
     proc = subprocess.Popen([sys.executable, "-u", str(script), str(out)])
-    wait_for(lambda: read(out) == "0" or proc.poll() is not None, what="counter ready")
+    wait_until(lambda: read(out) == "0" or proc.poll() is not None, what="counter ready")
     assert proc.poll() is None
     return proc, name, out
 
@@ -103,7 +95,7 @@ def test_child_gets_exactly_the_signals_sent(tmp_path):
         log, stream = logger()
         for i in range(1, 4):
             assert send_signal(name, "SIGHUP", logger=log) == [proc.pid]
-            wait_for(lambda: read(out) == str(i), what=f"SIGHUP #{i} counted")
+            wait_until(lambda: read(out) == str(i), what=f"SIGHUP #{i} counted")
         assert send_signal(name, "USR1", logger=log) == [proc.pid]
         assert proc.wait(timeout=30) == 0
         assert read(tmp_path / "count.final") == "3"
@@ -120,7 +112,7 @@ def test_match_by_comm_and_argv0_of_a_real_binary(tmp_path):
     os.symlink(sys.executable, exe)
     proc = subprocess.Popen([str(exe), "-S", "-c", "import time; time.sleep(60)"])
     try:
-        wait_for(lambda: find_processes(name) == [proc.pid], what="process visible in /proc")
+        wait_until(lambda: find_processes(name) == [proc.pid], what="process visible in /proc")
         comm = Path(f"/proc/{proc.pid}/comm").read_text().strip()
         assert comm == name
         # SIGTERM is a signal it does not handle: the process ends, proving delivery
@@ -187,7 +179,7 @@ async def test_command_timeout_kills_it_and_its_children(tmp_path):
         except FileNotFoundError:
             return True
 
-    wait_for(gone, what="background child killed with the group")
+    wait_until(gone, what="background child killed with the group")
     assert any(e["event"] == "command_timeout" for e in events(stream))
 
 

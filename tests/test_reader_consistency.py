@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from injector.writer import DATA, AtomicWriter, read_current
+from tests.agent_support import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = [f"K{i}" for i in range(8)]
@@ -176,21 +177,12 @@ def mount(tmp_path):
         yield tmp_path / "secrets"
 
 
-def wait_for(cond, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def start_reader(tmp_path: Path, d: Path) -> tuple[subprocess.Popen, Path]:
     script = tmp_path / "reader.py"
     script.write_text(READER)
     stop, ready = tmp_path / "stop", tmp_path / "ready"
     proc = subprocess.Popen([sys.executable, str(script), str(d), str(stop), str(ready)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: ready.exists() or proc.poll() is not None, what="reader ready")
+    wait_until(lambda: ready.exists() or proc.poll() is not None, what="reader ready")
     assert proc.poll() is None, proc.stderr.read()
     return proc, stop
 
@@ -255,7 +247,7 @@ def test_writer_killed_at_random_points_leaves_one_complete_version_and_is_repai
             progress = tmp_path / f"progress-{kills}"
             proc = subprocess.Popen([sys.executable, str(script), str(d), str(start), str(progress)], env=env, stderr=subprocess.PIPE)
             try:
-                wait_for(lambda: progress.exists() or proc.poll() is not None, what="writer progress")
+                wait_until(lambda: progress.exists() or proc.poll() is not None, what="writer progress")
                 assert proc.poll() is None, proc.stderr.read()
                 time.sleep(rng.uniform(0, 0.03))
             finally:

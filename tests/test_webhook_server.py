@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
-import datetime as dt
-import ipaddress
 import json
 import os
 import ssl
@@ -28,50 +26,17 @@ import jsonpatch
 import kubernetes_validate
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from tests import platform
+from tests.agent_support import stop_process
+from tests.reliability_support import make_ca, make_leaf  # certificates made here, independent of webhook/certs.py
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "admission"
 K8S_VERSION = "1.30"
 MAX_BODY = 256 * 1024
 LEAK_MARKER = "LEAKMARKER-7f3a9c"
-
-
-# --- certificates made here, independent of webhook/certs.py --------------------------------------
-
-def _key():
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def make_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = _key()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(key, hashes.SHA256()))
-    return cert, key
-
-
-def make_leaf(ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> tuple[bytes, bytes, int]:
-    ca_cert, ca_key = ca
-    key = _key()
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
-            .not_valid_after(now + dt.timedelta(hours=12))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem, cert.serial_number
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -124,13 +89,7 @@ class Server:
         return f"https://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=15)
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ from aiohttp import web
 from injector.log import get_logger
 
 from .audit import AuditLog
-from .seed import normalize_path
+from .seed import Identity, normalize_path
 from .state import EVENT_TYPES, DevKms, Fault, KmsError, Subscriber, bad_request, not_found, validation
 
 STATE = web.AppKey("state", DevKms)
@@ -358,15 +358,22 @@ async def get_secret(request: web.Request) -> web.Response:
     return await _audited(request, "read", run, key=name[:MAX_NAME])
 
 
+async def _write_prologue(request: web.Request) -> tuple[Identity, dict, tuple[str, str, str]]:
+    """What every secret write does first, in this order: authenticate, check the name, read the
+    JSON body, and record its (project, env, path) for the audit line."""
+    ident = authenticate(request)
+    secret_name(request)
+    body = await read_json(request)
+    location = body_location(body)
+    request[LOCATION] = location
+    return ident, body, location
+
+
 async def create_secret(request: web.Request) -> web.Response:
     name = request.match_info["name"]
 
     async def run() -> web.Response:
-        ident = authenticate(request)
-        secret_name(request)
-        body = await read_json(request)
-        project, env, path = body_location(body)
-        request[LOCATION] = (project, env, path)
+        ident, body, (project, env, path) = await _write_prologue(request)
         _check_optional_fields(body)
         value = opt_str(body, "secretValue")
         if value is None:
@@ -380,11 +387,7 @@ async def update_secret(request: web.Request) -> web.Response:
     name = request.match_info["name"]
 
     async def run() -> web.Response:
-        ident = authenticate(request)
-        secret_name(request)
-        body = await read_json(request)
-        project, env, path = body_location(body)
-        request[LOCATION] = (project, env, path)
+        ident, body, (project, env, path) = await _write_prologue(request)
         _check_optional_fields(body)
         new_name = opt_str(body, "newSecretName", max_len=MAX_NAME)
         return ok(request, kms(request).update_secret(
@@ -398,11 +401,7 @@ async def delete_secret(request: web.Request) -> web.Response:
     name = request.match_info["name"]
 
     async def run() -> web.Response:
-        ident = authenticate(request)
-        secret_name(request)
-        body = await read_json(request)
-        project, env, path = body_location(body)
-        request[LOCATION] = (project, env, path)
+        ident, body, (project, env, path) = await _write_prologue(request)
         return ok(request, kms(request).delete_secret_as(ident, project, env, path, name))
 
     return await _audited(request, "delete", run, key=name[:MAX_NAME])

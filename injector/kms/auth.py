@@ -159,8 +159,8 @@ def transport_error(exc: HttpError, redact: list[str] | None = None, **where: An
     return BadResponse(str(exc), redact=redact or [], **where)
 
 
-def needs_fresh_login(resp: Response) -> bool:
-    """401, or 403 whose body says TokenError (expired or bad token)."""
+def token_rejected(resp: Response, blames_token: Callable[[Any], bool]) -> bool:
+    """401, or a 403 whose JSON body `blames_token` (each API words that differently)."""
     if resp.status == 401:
         return True
     if resp.status != 403:
@@ -169,7 +169,12 @@ def needs_fresh_login(resp: Response) -> bool:
         data = resp.json()
     except ValueError:
         return False
-    return isinstance(data, dict) and data.get("error") == "TokenError"
+    return blames_token(data)
+
+
+def needs_fresh_login(resp: Response) -> bool:
+    """401, or 403 whose body says TokenError (expired or bad token)."""
+    return token_rejected(resp, lambda data: isinstance(data, dict) and data.get("error") == "TokenError")
 
 
 class TokenManager:

@@ -17,7 +17,7 @@ import asyncio
 from typing import Any
 from urllib.parse import quote
 
-from injector.kms.auth import transport_error
+from injector.kms.auth import token_rejected, transport_error
 from injector.kms.errors import BadResponse, KmsError, NotFound, error_from_response
 from injector.kms.http import HttpError, Response
 from injector.kms.secrets import FetchResult, local_etag
@@ -55,14 +55,10 @@ class CanonicalLogin:
 def needs_fresh_login(resp: Response) -> bool:
     """401, or a 403 that blames the token: the canonical API has no `error: TokenError` code, only
     a message (e.g. "Your token has expired. Please re-authenticate.")."""
-    if resp.status == 401:
-        return True
-    if resp.status != 403:
-        return False
-    try:
-        data = resp.json()
-    except ValueError:
-        return False
+    return token_rejected(resp, _message_blames_token)
+
+
+def _message_blames_token(data: Any) -> bool:
     message = data.get("message") if isinstance(data, dict) else None
     text = message.lower() if isinstance(message, str) else ""
     return "token" in text or "expired" in text or "authenticat" in text

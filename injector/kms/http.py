@@ -315,12 +315,11 @@ class HttpClient:
         timeout: float | None = None,
     ) -> Response:
         """Send one request and read the whole response within `timeout` (default: the client's)."""
-        data = self._encode(method, path, params, json, headers)
-        limit = self.timeout if timeout is None else timeout
+        data, limit = self._prepare(method, path, params, json, headers, timeout)
         try:
             return await asyncio.wait_for(self._roundtrip(method, data), limit)
         except asyncio.TimeoutError:
-            raise RequestTimeout(f"{method} {self._path(path)} timed out after {limit:g}s") from None
+            raise self._timed_out(method, path, limit) from None
 
     def stream(
         self,
@@ -353,6 +352,16 @@ class HttpClient:
     # -- internals ----------------------------------------------------------------------------
     def _path(self, path: str) -> str:
         return self.origin.prefix + (path if path.startswith("/") else "/" + path)
+
+    def _prepare(
+        self, method: str, path: str, params: Mapping[str, str] | None, json: Any, headers: Mapping[str, str] | None,
+        timeout: float | None,
+    ) -> tuple[bytes, float]:
+        """The encoded request and its time limit (the client's default unless one is given)."""
+        return self._encode(method, path, params, json, headers), self.timeout if timeout is None else timeout
+
+    def _timed_out(self, method: str, path: str, limit: float) -> RequestTimeout:
+        return RequestTimeout(f"{method} {self._path(path)} timed out after {limit:g}s")
 
     def _encode(
         self, method: str, path: str, params: Mapping[str, str] | None, json: Any, headers: Mapping[str, str] | None
@@ -482,8 +491,7 @@ class _StreamContext:
 
     async def __aenter__(self) -> StreamResponse:
         client, method, path, params, json, headers, timeout, max_line = self._args
-        data = client._encode(method, path, params, json, headers)
-        limit = client.timeout if timeout is None else timeout
+        data, limit = client._prepare(method, path, params, json, headers, timeout)
 
         async def open_() -> StreamResponse:
             conn = await client._connect()
@@ -503,7 +511,7 @@ class _StreamContext:
         try:
             self._resp = await asyncio.wait_for(open_(), limit)
         except asyncio.TimeoutError:
-            raise RequestTimeout(f"{method} {client._path(path)} timed out after {limit:g}s") from None
+            raise client._timed_out(method, path, limit) from None
         return self._resp
 
     async def __aexit__(self, *exc: object) -> None:
