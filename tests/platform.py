@@ -80,10 +80,12 @@ def manifests() -> list[dict[str, Any]]:
 
 
 def path_policies() -> list[dict[str, Any]]:
-    """Settings path policies that pin each service account to its own folder (and IAM to its project)."""
+    """Settings path policies that pin each service account to its own folder and auth Secret (and
+    IAM to its project and identity)."""
     return [{"namespaces": [NAMESPACE], "serviceAccounts": [s.name], "projects": [s.project],
-             "paths": ["/**"] if s.path == "/" else [s.path, f"{s.path}/**"]} for s in SERVICES]
+             "paths": ["/**"] if s.path == "/" else [s.path, f"{s.path}/**"], "authSecrets": [s.auth_secret]}
+            for s in SERVICES]
 
 
 def settings_dict() -> dict[str, Any]:
-    return {"default_policy": "deny", "path_policies": path_policies()}
+    return {"default_policy": "deny", "path_policies": path_policies(), "protected_auth_secrets": ["iam-kms-auth"]}

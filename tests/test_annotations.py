@@ -231,6 +231,49 @@ def test_path_policies_confine_service_accounts():
     assert parse({P + "path": "/anything"}, open_s, elsewhere).config.sources == [Source("/anything")]
 
 
+def test_auth_secret_policies_confine_which_identity_a_pod_mounts():
+    s = settings_from_dict({
+        "protectedAuthSecrets": ["iam-kms-auth"],
+        "path_policies": [
+            {"namespaces": ["hanzo"], "serviceAccounts": ["iam"], "projects": ["hanzo-iam"], "paths": ["/**"],
+             "authSecrets": ["iam-kms-auth"]},
+            {"namespaces": ["hanzo"], "serviceAccounts": ["chat"], "projects": ["secrets-639-c"], "paths": ["/chat/**"],
+             "authSecrets": ["universal-auth-credentials", "chat-*"]},
+            # a wildcard policy for chat too: `*` never unlocks a protected Secret
+            {"namespaces": ["hanzo"], "serviceAccounts": ["chat"], "projects": ["x"], "paths": ["/x"], "authSecrets": ["*-auth"]},
+        ],
+    })
+    assert parse(ann(), s, POD).options.auth_secret == "universal-auth-credentials"  # the default, listed
+    assert parse(ann(auth_secret="chat-kms"), s, POD).options.auth_secret == "chat-kms"  # glob
+    err = refused(ann(auth_secret="iam-kms-auth"), s)
+    assert err.code == 403 and err.annotation == P + "auth-secret"
+    msg = str(err)
+    assert msg.startswith(P + 'auth-secret: "iam-kms-auth" is not accepted; ') and "protected" in msg
+    assert "universal-auth-credentials, chat-*, *-auth" in msg and "'chat'" in msg
+    err = refused(ann(auth_secret="commerce-creds"), s)
+    assert err.code == 403 and "allowed auth Secrets: universal-auth-credentials, chat-*, *-auth" in str(err)
+    # IAM: only its own identity; the shared default is not on its list.
+    iam = PodFacts(namespace="hanzo", service_account="iam", containers=POD.containers)
+    iam_ann = {P + "path": "/", P + "project": "hanzo-iam", P + "auth-secret": "iam-kms-auth"}
+    assert parse(iam_ann, s, iam).options.auth_secret == "iam-kms-auth"
+    err = refused({P + "path": "/", P + "project": "hanzo-iam"}, s, iam)
+    assert err.code == 403 and '"universal-auth-credentials"' in str(err) and "iam-kms-auth" in str(err)
+    # No policy applies (default_policy allow): anything but a protected Secret.
+    debug = PodFacts(namespace="hanzo", service_account="debug", containers=POD.containers)
+    assert parse(ann(auth_secret="whatever"), s, debug).options.auth_secret == "whatever"
+    err = refused(ann(auth_secret="iam-kms-auth"), s, debug)
+    assert err.code == 403 and "protected" in str(err) and "'debug'" in str(err)
+    # kubernetes auth mounts no Secret: nothing to check (the annotation is ignored with a warning).
+    k = parse(ann(auth="kubernetes", identity_id="id-1", auth_secret="iam-kms-auth"), s, POD)
+    assert k.options.auth_secret == "" and any("ignored" in w for w in k.warnings)
+
+
+def test_auth_secrets_absent_means_unrestricted():
+    s = settings_from_dict({"path_policies": [{"namespaces": ["hanzo"], "projects": ["*"], "paths": ["/**"]}]})
+    assert s.path_policies[0].auth_secrets == () and s.protected_auth_secrets == ()
+    assert parse(ann(auth_secret="iam-kms-auth"), s, POD).options.auth_secret == "iam-kms-auth"
+
+
 @pytest.mark.parametrize("glob,path,ok", [
     ("/chat/**", "/chat", True), ("/chat/**", "/chat/a/b", True), ("/chat/**", "/chatty", False),
     ("/chat", "/chat/a", False), ("/*/db", "/chat/db", True), ("/*/db", "/a/b/db", False),
@@ -272,6 +315,13 @@ def test_example_settings_file_loads():
     ("path_policies: [{namespaces: [hanzo], projects: [p], paths: [/a/../b]}]", "path_policies[0].paths[0]"),
     ("path_policies: [{namespaces: [Bad_NS], projects: [p], paths: [/a]}]", "path_policies[0].namespaces[0]"),
     ("excluded_namespaces: [UPPER]", "excluded_namespaces[0]"),
+    ("path_policies: [{namespaces: [hanzo], projects: [p], paths: [/a], authSecrets: [Bad_Name]}]", "path_policies[0].auth_secrets[0]"),
+    ("path_policies: [{namespaces: [hanzo], projects: [p], paths: [/a], auth_secrets: []}]", "path_policies[0].auth_secrets"),
+    ("path_policies: [{namespaces: [hanzo], projects: [p], paths: [/a], authSecrets: {a: b}}]", "path_policies[0].auth_secrets"),
+    ("path_policies: [{namespaces: [hanzo], projects: [p], paths: [/a], authSecrets: [ok, true]}]", "path_policies[0].auth_secrets[1]"),
+    ("protectedAuthSecrets: [iam/kms]", "protected_auth_secrets[0]"),
+    ("protected_auth_secrets: 7", "protected_auth_secrets"),
+    ("protected_auth_secrets: [iam-kms-auth, universal-*]", "protected_auth_secrets[1]"),
     ("host: ftp://kms", "host"),
     ("[not, a, mapping]", "(top level)"),
     ("host: [unclosed", "file"),

@@ -289,6 +289,14 @@ def test_hanzo_example_isolates_every_service_and_iam(tmp_path: Path) -> None:
     # Pods not covered by a policy (other service accounts, other namespaces) get nothing.
     assert s.check_path("hanzo", "default", "secrets-639-c", "/chat") is not None
     assert s.check_path("other", "chat", "secrets-639-c", "/chat") is not None
+    # Auth Secrets: IAM's identity is protected; each service may mount only its own.
+    assert s.protected_auth_secrets == ("iam-kms-auth",)
+    assert s.check_auth_secret("hanzo", "iam", "iam-kms-auth") is None
+    assert s.check_auth_secret("hanzo", "iam", "universal-auth-credentials") is not None
+    for svc in HANZO_SERVICES:
+        assert s.check_auth_secret("hanzo", svc, "universal-auth-credentials") is None, svc
+        assert s.check_auth_secret("hanzo", svc, "iam-kms-auth") is not None, svc
+    assert s.check_auth_secret("hanzo", "default", "iam-kms-auth") is not None
 
 
 def test_hanzo_example_keeps_the_chart_defaults_it_does_not_override(tmp_path: Path) -> None:

@@ -237,6 +237,10 @@ def parse(annotations: dict, settings: Settings, pod: PodFacts) -> Parsed:
         auth_secret = _or(get("auth-secret"), settings.auth_secret)
         if not _DNS_SUBDOMAIN.match(auth_secret):
             raise AnnotationError(PREFIX + "auth-secret", auth_secret, "use the name of a Secret in the pod's namespace (lowercase DNS name)")
+        # The Secret is a machine identity: policies decide which pods may mount which one (IAM's).
+        reason = settings.check_auth_secret(pod.namespace, pod.service_account, auth_secret)
+        if reason:
+            raise AnnotationError(PREFIX + "auth-secret", auth_secret, reason, 403)
         if get("identity-id") is not None:
             warnings.append(f"{PREFIX}identity-id: ignored with {PREFIX}auth: universal")
     if identity_id and not _IDENTITY.match(identity_id):

@@ -22,6 +22,11 @@ class Metrics:
     bad_requests: dict[int, int] = field(default_factory=dict)  # HTTP status -> count (400/413/415)
     dry_run: int = 0
     tls_reloads: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0})
+    # Settings hot reload (webhook.settings_reload): reloads after the first load, by result.
+    settings_reloads: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0})
+    settings_generation: int = 0      # 1 after the first load, +1 per reload swapped in
+    settings_loaded_at: float = 0.0   # unix time the served settings were loaded (0: built-in)
+    settings_reload_error: str | None = None  # field named by the newest change that did not load
     _buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     _sum: float = 0.0
     _count: int = 0
@@ -67,6 +72,20 @@ class Metrics:
             "# HELP kms_injector_ready 1 when a certificate is served and settings are loaded.",
             "# TYPE kms_injector_ready gauge",
             f"kms_injector_ready {int(ready)}",
+        ]
+        out += [
+            "# HELP kms_injector_settings_reloads_total Settings file changes seen, by result (error: old settings kept).",
+            "# TYPE kms_injector_settings_reloads_total counter",
+            *(f'kms_injector_settings_reloads_total{{result="{r}"}} {n}' for r, n in sorted(self.settings_reloads.items())),
+            "# HELP kms_injector_settings_generation Settings in use: 1 for the first load, +1 per reload.",
+            "# TYPE kms_injector_settings_generation gauge",
+            f"kms_injector_settings_generation {self.settings_generation}",
+            "# HELP kms_injector_settings_loaded_timestamp_seconds When the settings in use were loaded (unix time).",
+            "# TYPE kms_injector_settings_loaded_timestamp_seconds gauge",
+            f"kms_injector_settings_loaded_timestamp_seconds {self.settings_loaded_at:.0f}",
+            "# HELP kms_injector_settings_reload_failing 1 while the newest settings file does not load (old ones served).",
+            "# TYPE kms_injector_settings_reload_failing gauge",
+            f"kms_injector_settings_reload_failing {int(self.settings_reload_error is not None)}",
         ]
         if cert_not_after is not None:
             out += [

@@ -4,6 +4,7 @@ Endpoints:
   POST /mutate   AdmissionReview in, AdmissionReview out (webhook.mutate.review does the work)
   GET  /healthz  the process answers (liveness)
   GET  /readyz   200 once settings are parsed AND a real certificate is served, else 503 + reasons
+                 (a settings file that changes into something invalid keeps the old settings: ready)
   GET  /metrics  Prometheus text (webhook.metrics)
 
 Bad input never gets a 500: too big -> 413, not application/json -> 415, not JSON or not an
@@ -136,6 +137,18 @@ class WebhookState:
     extra_not_ready: Callable[[], list[str]] | None = None  # e.g. auto-TLS reasons
     cache: "ReviewCache | None" = field(default_factory=lambda: ReviewCache())  # None disables it
 
+    def swap_settings(self, settings: Any) -> None:
+        """Serve `settings` to every admission from now on (webhook.settings_reload calls this).
+
+        One attribute assignment, so the hot path stays a single `state.settings` read. The
+        answer cache is only right for the settings that made its answers, so it is emptied in
+        the same step: mutate() reads the settings, reviews and fills the cache with no await in
+        between, and this runs on the same event loop, so no stale answer can be stored or served.
+        """
+        self.settings = settings
+        if self.cache is not None:
+            self.cache.clear()
+
     def not_ready_reasons(self) -> list[str]:
         reasons = []
         if self.settings is None:
@@ -239,7 +252,8 @@ def _where(exc: BaseException) -> str:
 class ReviewCache:
     """Answers for AdmissionReviews seen before, keyed by the whole request minus its uid.
 
-    review() is pure in (request, settings) and settings are fixed for the process, so the answer
+    review() is pure in (request, settings) and settings are fixed until a reload (which clears
+    this cache: WebhookState.swap_settings), so the answer
     to an identical request (every field of `request` but the uid, dryRun included, and the
     apiVersion) is the same but for the echoed uid. That is the common case, not a benchmark
     trick: every replica of a Deployment/ReplicaSet/Job reaches the webhook as the same pod object
@@ -270,6 +284,10 @@ class ReviewCache:
         except (TypeError, orjson.JSONEncodeError):  # e.g. integers beyond 64 bits: just don't cache
             return None
         return raw if len(raw) <= self.max_entry else None
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
 
     def get(self, key: bytes) -> tuple | None:
         hit = self.entries.get(key)
@@ -337,7 +355,7 @@ def make_app(state: WebhookState) -> web.Application:
             response = {**template, "response": {**template["response"], "uid": uid}}
         else:
             try:
-                result = review(doc, state.settings)
+                result = review(doc, state.settings)  # the one settings read (hot reload swaps it)
                 response, decision = result.response, result.decision
                 namespace, pod, warnings = result.namespace, result.pod, len(result.warnings or ())
                 if getattr(result, "internal_error", ""):  # review() caught its own bug and refused
@@ -453,10 +471,11 @@ def main(argv: list[str]) -> int:
 
 async def serve(args: argparse.Namespace) -> int:
     log = fast_logger("webhook")
-    settings = _load_settings(args.settings, log)
+    metrics = Metrics()
+    settings_reloader = _settings_reloader(args.settings, metrics)
+    settings = _load_settings(args.settings, log, settings_reloader)
     if settings is None:
         return 2
-    metrics = Metrics()
 
     def on_reload(ok: bool) -> None:
         metrics.tls_reloads["ok" if ok else "failed"] += 1
@@ -480,6 +499,9 @@ async def serve(args: argparse.Namespace) -> int:
 
     stop = asyncio.Event()
     tasks = [asyncio.create_task(reloader.watch(stop), name="tls-watch")]
+    if settings_reloader is not None:
+        settings_reloader.on_change = state.swap_settings
+        tasks.append(asyncio.create_task(settings_reloader.watch(stop), name="settings-watch"))
     auto = None
     if args.tls_mode == "auto":
         from webhook import autotls  # noqa: PLC0415 (kubernetes-asyncio only in auto mode)
@@ -527,13 +549,21 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_settings(path: str | None, log: Logger) -> Any:
+def _settings_reloader(path: str | None, metrics: Metrics) -> Any:
+    if not path:
+        return None
+    from webhook.settings_reload import SettingsReloader  # noqa: PLC0415
+
+    return SettingsReloader(path, metrics=metrics, log=get_logger("webhook.settings"))
+
+
+def _load_settings(path: str | None, log: Logger, reloader: Any = None) -> Any:
     from webhook.settings import Settings, load_settings  # noqa: PLC0415
 
     if not path:
         return Settings()
     try:
-        return load_settings(path)
+        return reloader.load_now() if reloader is not None else load_settings(path)
     except (OSError, ValueError) as exc:
         # SettingsError is a ValueError whose message names the field and what is accepted.
         log.error("settings_invalid", path=path, error=str(exc) if isinstance(exc, ValueError) else exc.strerror)

@@ -8,6 +8,11 @@ Path policies are opt-in: a policy applies to a pod when its namespace (and, if 
 any, its service account) match. When one or more policies apply, every (project, path) the pod
 asks for must be allowed by at least one of them. When none applies, `default_policy` decides:
 `allow` (the default: no policy, no restriction) or `deny`.
+
+Auth Secrets: a policy may also list `auth_secrets` (names or `*` globs). When any applying policy
+lists them, the pod's auth Secret (annotation or default) must be in their union. Names in
+`protected_auth_secrets` (e.g. IAM's identity) are refused unless an applying policy lists that
+exact name, whatever `default_policy` says and even for pods no policy applies to.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ IMAGE_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_SECRET_GLOB = re.compile(r"^[a-z0-9*]([-a-z0-9.*]{0,251}[a-z0-9*])?$")
 _SLUG_GLOB = re.compile(r"^[A-Za-z0-9_.*-]{1,64}$")
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
 # Kubernetes resource.Quantity (the common forms): 10m, 0.5, 24Mi, 1G, 1e3.
@@ -121,6 +127,8 @@ class PathPolicy:
     projects: tuple[str, ...]
     paths: tuple[str, ...]
     service_accounts: tuple[str, ...] = ()
+    # Secrets the pod may mount as its Universal Auth identity; () = this policy does not restrict.
+    auth_secrets: tuple[str, ...] = ()
 
     def applies_to(self, namespace: str, service_account: str) -> bool:
         if "*" not in self.namespaces and namespace not in self.namespaces:
@@ -150,6 +158,8 @@ class Settings:
     excluded_namespaces: tuple[str, ...] = DEFAULT_EXCLUDED_NAMESPACES
     path_policies: tuple[PathPolicy, ...] = ()
     default_policy: str = "allow"
+    # Auth Secrets refused unless an applying policy lists the exact name (names or `*` globs here).
+    protected_auth_secrets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -171,6 +181,22 @@ class Settings:
         allowed = "; ".join(f"projects {', '.join(p.projects)} paths {', '.join(p.paths)}" for p in matching)
         return (f"project {project!r} path {path!r} is outside the path policy for namespace {namespace!r} "
                 f"service account {service_account!r} (allowed: {allowed})")
+
+    def check_auth_secret(self, namespace: str, service_account: str, secret: str) -> str | None:
+        """None when the pod may mount `secret` as its auth Secret, else why not (admission message)."""
+        matching = [p for p in self.path_policies if p.applies_to(namespace, service_account)]
+        listed = list(dict.fromkeys(g for p in matching for g in p.auth_secrets))
+        who = f"namespace {namespace!r} service account {service_account!r}"
+        if any(_slug_match(g, secret) for g in self.protected_auth_secrets):
+            # Protected: a glob (even `*`) in a policy is not enough; the exact name must be listed.
+            if secret in listed:
+                return None
+            allowed = ", ".join(listed) if listed else f"any unprotected Secret, such as the default {self.auth_secret}"
+            return (f"the Secret is protected (protected_auth_secrets) and no path policy for {who} lists it "
+                    f"in authSecrets (allowed: {allowed}); ask the cluster operator")
+        if not listed or any(_slug_match(g, secret) for g in listed):
+            return None
+        return f"outside the path policy for {who} (allowed auth Secrets: {', '.join(listed)})"
 
 
 # -- glob helpers ---------------------------------------------------------------------------------
@@ -272,6 +298,18 @@ def _validate(s: Settings) -> None:
                 raise SettingsError(f"{where}.paths[{j}]", f"{g!r} is not a path glob such as /chat, /chat/** or /**")
             if not re.fullmatch(r"(/([A-Za-z0-9_.*-]+))*(/\*\*)?/?|/", g):
                 raise SettingsError(f"{where}.paths[{j}]", f"{g!r} has characters a KMS path cannot have; use [A-Za-z0-9_.-], * and **")
+        for j, a in enumerate(p.auth_secrets):
+            _secret_glob(f"{where}.auth_secrets[{j}]", a)
+    for i, a in enumerate(s.protected_auth_secrets):
+        _secret_glob(f"protected_auth_secrets[{i}]", a)
+        if _slug_match(a, s.auth_secret):
+            raise SettingsError(f"protected_auth_secrets[{i}]", f"protects the default auth_secret {s.auth_secret!r}, which every "
+                                "universal-auth pod without kms.hanzo.ai/auth-secret uses; protect only dedicated Secrets")
+
+
+def _secret_glob(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not _SECRET_GLOB.match(value):
+        raise SettingsError(name, f"{value!r} is not a Secret name (lowercase DNS subdomain) or a glob of one with *")
 
 
 def _quantity(name: str, value: Any, required: bool) -> None:
@@ -338,7 +376,7 @@ def settings_from_dict(data: Any) -> Settings:
             kw["mount_path"] = normalize_path(kw["mount_path"], "mount_path")
         except ConfigError as exc:
             raise SettingsError("mount_path", exc.detail) from None
-    for name in ("allowed_hosts", "excluded_namespaces"):
+    for name in ("allowed_hosts", "excluded_namespaces", "protected_auth_secrets"):
         if name in top:
             kw[name] = _strlist(top[name] if top[name] is not None else [], name)
     if "agent" in top:
@@ -364,13 +402,17 @@ def settings_from_dict(data: Any) -> Settings:
     if "path_policies" in top:
         raw = top["path_policies"] or []
         if not isinstance(raw, list):
-            raise SettingsError("path_policies", "must be a list of {namespaces, serviceAccounts, projects, paths}")
+            raise SettingsError("path_policies", "must be a list of {namespaces, serviceAccounts, projects, paths, authSecrets}")
         policies = []
         for i, item in enumerate(raw):
             p = _mapping(item, f"path_policies[{i}]", PathPolicy)
             for req in ("namespaces", "projects", "paths"):
                 if req not in p:
                     raise SettingsError(f"path_policies[{i}].{req}", "is required")
+            if "auth_secrets" in p and not p["auth_secrets"]:
+                # An empty list reads like "no Secret at all"; say so rather than guess.
+                raise SettingsError(f"path_policies[{i}].auth_secrets", "must list at least one Secret name or glob; "
+                                    "leave the key out to not restrict auth Secrets")
             policies.append(PathPolicy(**{k: _strlist(v, f"path_policies[{i}].{k}") for k, v in p.items()}))
         kw["path_policies"] = tuple(policies)
     return Settings(**kw)
