@@ -3,7 +3,8 @@
 The rule (ARCHITECTURE "Files on disk"): a key is skipped, with a warning that names the key and
 never its value, when it is empty, `.` or `..`, contains `/`, `\\` or NUL, starts with `..`
 (that prefix is reserved for the writer's own `..data` and timestamped version folders), or is
-longer than 255 bytes in UTF-8 (the Linux NAME_MAX).
+longer than 255 bytes in UTF-8 (the Linux NAME_MAX), or is not valid UTF-8 text (a lone surrogate
+from JSON `\ud800` cannot be encoded as a file name).
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ def unsafe_key_reason(key: str) -> str | None:
         return "contains a backslash"
     if key.startswith(".."):
         return "starts with .. (reserved for the writer's ..data and version folders)"
-    size = len(key.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800"): no file name can hold it
+        return "not valid UTF-8 text (holds a lone surrogate)"
     if size > NAME_MAX:
         return f"longer than {NAME_MAX} bytes ({size} bytes in UTF-8)"
     return None

@@ -9,6 +9,9 @@ The webhook sets `shareProcessNamespace: true`, so the agent sees the app's proc
     ash, zsh) and the basename of its first non-option argument equals `name`:
     `python3 -u examples/app.py` matches `app.py`.
 Processes with an empty cmdline (kernel threads, zombies) and the agent itself never match.
+Only the outermost matches are signalled: a match whose ancestor also matches is a forked worker
+(gunicorn, nginx, multiprocessing keep the master's name) that the master reloads itself; such
+workers often keep SIGHUP's default action, which would kill them.
 
 A missing process or a refused signal is a warning, never a crash. A command runs without a shell,
 with stdin/stdout/stderr on /dev/null (its output could hold secrets, so it is neither captured nor
@@ -77,6 +80,28 @@ def find_processes(name: str, proc: str = "/proc") -> list[int]:
     return sorted(found)
 
 
+def _parent(pid: int, proc: str) -> int:
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            # "pid (comm) state ppid ...": comm may hold spaces and ')', so split after the last ')'
+            return int(f.read().rpartition(b")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def outermost(pids: list[int], proc: str = "/proc") -> list[int]:
+    """The PIDs none of whose ancestors is also in `pids` (masters, not their forked workers)."""
+    matched = set(pids)
+    out = []
+    for pid in pids:
+        parent, hops = _parent(pid, proc), 0
+        while parent > 1 and parent not in matched and hops < 64:
+            parent, hops = _parent(parent, proc), hops + 1
+        if parent not in matched:
+            out.append(pid)
+    return out
+
+
 def parse_signal(signame: str) -> signal.Signals:
     text = str(signame).strip().upper()
     if not text.startswith("SIG"):
@@ -92,7 +117,7 @@ def send_signal(name: str, signame: str, logger: Any = None, proc: str = "/proc"
     a missing process or a refused signal: those are warnings."""
     log = _logger(logger)
     sig = parse_signal(signame)
-    pids = find_processes(name, proc)
+    pids = outermost(find_processes(name, proc), proc)
     if not pids:
         log.warning("signal_no_process", process=name, signal=sig.name, detail="no process with that name in the shared PID namespace")
         return []

@@ -7,8 +7,8 @@
 How the pieces combine (the contract apps rely on):
 
 - Every key of every source goes through `keys.unsafe_key_reason` first, in every format: a key
-  that is not a safe file name (empty, `.`/`..`, `/`, `\\`, NUL, `..` prefix, > 255 bytes) is
-  skipped and listed in `skipped` as (key, reason), never with its value. A value that is not a
+  that is not a safe file name (empty, `.`/`..`, `/`, `\\`, NUL, `..` prefix, > 255 bytes, a lone
+  surrogate) is skipped and listed in `skipped` as (key, reason), never with its value. A value that is not a
   string is skipped the same way.
 - `format` applies to each source in its own folder:
   files  -> `KEY` for the main folder, `NAME/KEY` for source NAME;

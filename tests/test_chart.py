@@ -61,7 +61,7 @@ TOGGLES: dict[str, Any] = {
     "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
         {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64", "arm64"]}]}]}}},
     "podAnnotations": {"prometheus.io/scrape": "true"},
-    "extraArgs": ["--log-level", "debug"],
+    "extraArgs": ["--review-cache", "1024"],
     "extraEnv": [{"name": "EXTRA", "value": "1"}],
     "webhook": {
         "failurePolicy": "Ignore",
@@ -368,7 +368,7 @@ def test_toggles_reach_the_pod_spec() -> None:
     assert "topologySpreadConstraints" not in pod
     assert pod["priorityClassName"] == "system-cluster-critical"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
-    assert c["args"][-2:] == ["--log-level", "debug"]
+    assert c["args"][-2:] == ["--review-cache", "1024"]
     assert {"name": "EXTRA", "value": "1"} in c["env"]
     # auto mode with an existing SA: RBAC binds that SA.
     assert only(objs, "RoleBinding")["subjects"][0]["name"] == "existing-sa"
@@ -557,6 +557,13 @@ def test_notes_show_how_to_annotate_a_first_pod() -> None:
     text = notes()
     assert "kms.hanzo.ai/inject: \"true\"" in text and "kms.hanzo.ai/path:" in text
     assert "universal-auth-credentials" in text and "/kms/secrets" in text
+    assert text.startswith("kms-injector ")
+
+
+def test_notes_follow_the_configured_mount_path() -> None:
+    text = notes({"settings": {"mount_path": "/run/app-secrets"}})
+    assert "under /run/app-secrets/ (e.g. /run/app-secrets/DATABASE_URL)" in text and "-- ls /run/app-secrets" in text
+    assert "/kms/secrets" not in text
 
 
 # -- the rendered pod spec against the real webhook --------------------------------------------------
@@ -637,3 +644,26 @@ def test_rendered_pod_spec_runs_the_real_webhook_with_the_rendered_tls_and_setti
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+# -- the rendered command line is one `kms-injector webhook` accepts ------------------------------------
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_rendered_args_are_accepted_by_the_webhook_command_line(scenario: str, capsys) -> None:
+    """Dockerfile.webhook's ENTRYPOINT is `kms-injector webhook`; the chart's args follow it. A flag
+    the argparse does not know makes every replica exit at start (CrashLoopBackOff, webhook down)."""
+    from webhook.server import parse_args
+
+    assert 'ENTRYPOINT ["kms-injector", "webhook"]' in (ROOT / "Dockerfile.webhook").read_text()
+    args = container(render(SCENARIOS[scenario]))["args"]
+    try:
+        ns = parse_args(args)
+    except SystemExit:
+        pytest.fail(f"kms-injector webhook refuses the chart's args {args}: {capsys.readouterr().err.strip()}")
+    assert ns.settings == "/etc/kms-injector/settings.yaml" and ns.port == 8443
+    mode = (SCENARIOS[scenario].get("tls") or {}).get("mode", "auto")
+    assert ns.tls_mode == ("auto" if mode == "auto" else "files")
+    # Every flag is spelled as `kms-injector webhook --help` prints it.
+    help_text = subprocess.run([str(Path(sys.executable).parent / "kms-injector"), "webhook", "--help"],
+                               capture_output=True, text=True, timeout=60).stdout
+    for flag in (a for a in args if a.startswith("--")):
+        assert f"  {flag} " in help_text or f"  {flag}\n" in help_text or f", {flag} " in help_text, flag

@@ -139,3 +139,42 @@ async def test_hostile_keys_big_values_many_keys_and_duplicate_imports(tmp_path:
                     "big value": BIG_VALUE[1000:1032], "client secret": CLIENT_SECRET, "many value": "many-4242"})
     assert_no_leaks(outputs, markers)
     print(f"hostile agent: init with a 10 MB value, 10,000 keys and {len(HOSTILE)} hostile keys took {took:.2f}s")
+
+
+async def test_key_that_is_not_utf8_text_is_skipped_not_fatal(tmp_path: Path) -> None:
+    # JSON "\ud800" decodes to a lone surrogate, which cannot be encoded as a file name. It must be
+    # skipped like any other unsafe key, not fail every sync (and so block every other rotation).
+    # A hand-written KMS: the dev KMS cannot even store such a key.
+    from aiohttp import web
+
+    body = ('{"secrets": [{"secretKey": "GOOD", "secretValue": "good-1"},'
+            ' {"secretKey": "BAD\\ud800", "secretValue": "HOSTILEVAL-surrogate-9"}], "imports": []}')
+
+    async def login(request: web.Request) -> web.Response:
+        return web.json_response({"accessToken": "tok-odd", "expiresIn": 3600, "accessTokenMaxTTL": 0})
+
+    async def secrets_raw(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/api/v1/auth/universal-auth/login", login)
+    app.router.add_get("/api/v3/secrets/raw", secrets_raw)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    mount = tmp_path / "secrets"
+    try:
+        write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
+        init = spawn(agent_args(f"http://127.0.0.1:{port}/api", mount, tmp_path / "auth", "--init-timeout", "20s",
+                                mode="init", paths=("/odd",)), tmp_path, "init")
+        rc = await init.wait_exit(timeout=60)
+    finally:
+        await runner.cleanup()
+    assert rc == 0, init.stderr()[-2000:]
+    assert read_folder(mount) == {"GOOD": "good-1"}
+    skipped = init.events("key_skipped")
+    assert [r["key"] for r in skipped] == ["BAD\ud800"], skipped
+    assert "UTF-8" in skipped[0]["reason"]
+    assert_no_leaks({"init stderr": init.stderr()}, {"surrogate value": "HOSTILEVAL-surrogate-9"})

@@ -353,3 +353,20 @@ def _apply(pod: dict, resp: dict) -> dict:
     import jsonpatch
 
     return jsonpatch.apply_patch(pod, json.loads(base64.b64decode(resp["patch"])))
+
+
+def test_credentials_in_any_annotation_value_are_never_echoed(settings) -> None:
+    """Not only `host`: any annotation refused (or warned about) with its value shown, e.g.
+    `inject: https://u:pw@...`, must hide a URL's user info and query (found by the fuzz run)."""
+    urls = [f"https://{CRED_MARKERS['url-user']}:{CRED_MARKERS['url-password']}@kms.hanzo.ai/api",
+            f" http://kms.hanzo.ai/api?token={CRED_MARKERS['url-token']}", f"x=https://a:{CRED_MARKERS['url-password']}@h/"]
+    answers, refused = [], 0
+    for key in (*KNOWN, "path", "path-db", "template-app.env"):
+        for url in urls:
+            for ann in ({P + key: url}, {P + "inject": "true", P + key: url}):
+                result = review(admission(base_pod(ann)), settings)
+                assert result.internal_error == "", (key, result.message)
+                refused += not result.response["response"]["allowed"]
+                answers.append(result.response)
+    assert refused > len(KNOWN)  # the values really were refused with a message
+    assert_no_leaks({"review responses": json.dumps(answers)}, CRED_MARKERS)

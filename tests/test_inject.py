@@ -149,3 +149,14 @@ def test_refusals_and_bad_input_exit_1_naming_the_problem(tmp_path):
     warn["metadata"]["annotations"] = {P + "path": "/chat", P + "colour": "blue"}
     out = inject(dump([warn]))
     assert out.returncode == 0 and "warning: document 1 (Pod hanzo/x): kms.hanzo.ai/colour: unknown annotation" in out.stderr
+
+
+def test_job_left_in_sidecar_mode_is_injected_with_a_warning_on_stderr():
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "backfill"}, "spec": {"template": {
+        "metadata": {"annotations": {P + "path": "/crawl"}},
+        "spec": {"restartPolicy": "OnFailure", "containers": [{"name": "w", "image": "ghcr.io/hanzoai/crawl:1"}]}}}}
+    out = inject(dump([job]), "--namespace", "hanzo")
+    assert out.returncode == 0, out.stderr
+    validate_object(yaml.safe_load(out.stdout))
+    assert "document 1 (Job backfill): kms.hanzo.ai/mode: sidecar in a pod with restartPolicy OnFailure" in out.stderr
+    assert "mode: native" in out.stderr

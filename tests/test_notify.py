@@ -188,3 +188,55 @@ async def test_command_not_found_is_a_result_not_an_exception():
     result = await run_command([f"/nonexistent/cmd-{uuid.uuid4().hex[:6]}"], timeout=5, logger=log)
     assert result.returncode is None and not result.ok and "could not start" in result.error
     assert events(stream)[0]["event"] == "command_failed"
+
+
+# A master that handles SIGHUP and forks workers that keep its cmdline and the default SIGHUP
+# action (gunicorn, multiprocessing, nginx workers all look like this in /proc).
+FORKING = r"""
+import os, signal, sys, time
+out = sys.argv[1]
+hups = 0
+def on_hup(signum, frame):
+    global hups
+    hups += 1
+    with open(out + ".hups", "w") as f:
+        f.write(str(hups))
+signal.signal(signal.SIGHUP, on_hup)
+workers = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        time.sleep(120)
+        os._exit(0)
+    workers.append(pid)
+with open(out, "w") as f:
+    f.write(" ".join(map(str, workers)))
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_signal_goes_to_the_master_not_to_its_forked_workers(tmp_path):
+    name = f"forker_{uuid.uuid4().hex[:8]}.py"
+    script = tmp_path / name
+    script.write_text(FORKING)
+    out = tmp_path / "workers"
+    proc = subprocess.Popen([sys.executable, "-u", str(script), str(out)])
+    workers: list[int] = []
+    try:
+        wait_until(lambda: bool(read(out)) or proc.poll() is not None, what="workers forked")
+        workers = [int(p) for p in read(out).split()]
+        assert find_processes(name) == sorted([proc.pid, *workers])  # all match by name
+        assert send_signal(name, "SIGHUP", logger=logger()[0]) == [proc.pid]  # only the master
+        wait_until(lambda: read(tmp_path / "workers.hups") == "1", what="master got SIGHUP")
+        for pid in workers:  # a worker with the default action would have died
+            assert Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    finally:
+        for pid in workers:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        proc.kill()
+        proc.wait()

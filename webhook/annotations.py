@@ -78,9 +78,21 @@ def show(value: object, limit: int = 64) -> str:
     """A value for a message: JSON-escaped (NUL, newlines visible), truncated with its length."""
     if not isinstance(value, str):
         return f"<{type(value).__name__}>"
+    if "://" in value:  # any annotation may be handed a URL with a password or token in it
+        value = _redact_url(value)
     if len(value) <= limit:
         return json.dumps(value)
     return json.dumps(value[:limit])[:-1] + f'..." ({len(value)} characters)'
+
+
+_URL_USERINFO = re.compile(r"://\S*@")
+_URL_QUERY = re.compile(r"([?#])\S*")
+
+
+def _redact_url(value: str) -> str:
+    """`x https://u:pw@h/p?t=1` -> `x https://***@h/p?***`: user info up to the last @ of the word
+    (a careless password may hold a /), then query and fragment."""
+    return _URL_QUERY.sub(r"\1***", _URL_USERINFO.sub("://***@", value))
 
 
 def show_key(key: str) -> str:

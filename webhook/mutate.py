@@ -15,6 +15,7 @@ from __future__ import annotations
 import binascii
 import json
 import posixpath
+from urllib.parse import urlsplit
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,12 +182,14 @@ def plan(pod: Any, namespace: str, settings: Settings) -> Mutation:
                                           f"(set {PREFIX}path, or {PREFIX}inject: \"true\")"]
                         if PREFIX + "inject" not in annotations else [])
     facts = pod_facts(pod, namespace)
+    spec = pod["spec"]
+    _check_os(spec)
     parsed = parse(annotations, settings, facts)
     warnings = list(parsed.warnings)
     if STATUS in annotations:
         warnings.append(f"{STATUS}: {show(annotations[STATUS])} is set by the webhook only; replaced")
-    spec = pod["spec"]
     _check_collisions(spec, parsed, facts)
+    _check_pod_level(spec, parsed, warnings)
     patch = _build_patch(pod, spec, meta, annotations, parsed, facts, settings, warnings)
     return Mutation("injected", patch, warnings)
 
@@ -219,6 +222,38 @@ def _check_collisions(spec: dict, parsed: Parsed, facts: PodFacts) -> None:
                 if isinstance(m.get("mountPath"), str) and m["mountPath"].rstrip("/") == mount:
                     raise AnnotationError(PREFIX + "mount-path", mount, f"container {c.get('name')!r} already mounts something at "
                                           f"{mount}; choose another directory")
+
+
+def _check_os(spec: dict) -> None:
+    """The agent image and its security context (seccomp, runAsUser, capabilities) are Linux-only;
+    kube-apiserver would refuse them in a Windows pod with a message about fields the user never wrote."""
+    os_name = _dict(spec.get("os"), "spec.os").get("name")
+    if isinstance(os_name, str) and os_name.lower() == "windows":
+        raise AnnotationError(PREFIX + "path", None, "", message=f"kms-injector supports Linux pods only: spec.os.name is "
+                              f"\"windows\" (the agent image is Linux-only); remove the {PREFIX}* annotations or run the pod on Linux")
+
+
+def _check_pod_level(spec: dict, parsed: Parsed, warnings: list[str]) -> None:
+    """Pod-wide settings that clash with what we add (refused) or make it misbehave (warned)."""
+    cfg, o = parsed.config, parsed.options
+    if cfg.signal and spec.get("hostPID") is True:
+        # kube-apiserver refuses shareProcessNamespace with hostPID, and in the node's PID namespace a
+        # signal by process name could reach other pods' processes.
+        raise AnnotationError(PREFIX + "signal", cfg.signal, f"a pod with hostPID: true cannot be signalled by the agent "
+                              f"(Kubernetes forbids shareProcessNamespace with hostPID); use {PREFIX}command, or drop hostPID")
+    policy = spec.get("restartPolicy")
+    if o.mode == "sidecar" and policy in ("Never", "OnFailure"):
+        warnings.append(f"{PREFIX}mode: sidecar in a pod with restartPolicy {policy}: the kms-agent sidecar never exits, "
+                        f"so the pod (and its Job) never completes; use {PREFIX}mode: native (Kubernetes 1.29+) or init")
+    if o.health_port and spec.get("hostNetwork") is True:
+        warnings.append(f"hostNetwork: the agent's health port {o.health_port} is opened on the node (hostPort); it must be "
+                        f"free there and distinct per workload on a node: choose one with {PREFIX}agent-health-port")
+    if spec.get("hostNetwork") is True and spec.get("dnsPolicy") in (None, "ClusterFirst"):
+        # Kubernetes falls back to the node's resolv.conf for hostNetwork pods with ClusterFirst.
+        host = (urlsplit(cfg.host).hostname or "").rstrip(".")
+        if host.endswith((".svc", ".cluster.local")) or ".svc." in host:
+            warnings.append(f"hostNetwork: with dnsPolicy {spec.get('dnsPolicy') or 'ClusterFirst'} the pod uses the node's DNS, "
+                            f"so the agent cannot resolve the in-cluster KMS host {host}; set dnsPolicy: ClusterFirstWithHostNet")
 
 
 def _agent_security(parsed: Parsed, facts: PodFacts, settings: Settings, warnings: list[str]) -> dict[str, Any]:

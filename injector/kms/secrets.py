@@ -95,4 +95,5 @@ def local_etag(secrets: dict[str, str]) -> str:
     import hashlib
 
     canonical = json.dumps(secrets, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return LOCAL_ETAG_PREFIX + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # surrogatepass: JSON may carry a lone surrogate ("\ud800"); hashing must not fail on it.
+    return LOCAL_ETAG_PREFIX + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
