@@ -90,6 +90,9 @@ class Agent:
     _triggers: list[Trigger] = field(default_factory=list, init=False)
     _health: _Health = field(default_factory=_Health, init=False)
     _rejected: tuple[bytes, int] = field(default=(b"", 0), init=False)  # (credentials digest, refusals)
+    # Digest of the credential files as they were before the first login: the watch starts later
+    # (after the first sync), and must still see a change made in between.
+    _login_fingerprint: bytes | None = field(default=None, init=False)
 
     # -- wake-ups (credentials changed; later: KMS change events) -------------------------------
     def wake(self, reason: str) -> None:
@@ -235,6 +238,7 @@ class Agent:
     async def run_init(self) -> int:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._login_fingerprint = _fingerprint(credential_files(self.config))
         deadline = loop.time() + self.config.init_timeout
         backoff = Backoff(base=INIT_BACKOFF_BASE, cap=INIT_BACKOFF_CAP, rng=self.rng)
         watcher: asyncio.Task | None = None
@@ -276,6 +280,7 @@ class Agent:
     async def run_sidecar(self) -> None:
         cfg = self.config
         self._wake = asyncio.Event()
+        self._login_fingerprint = _fingerprint(credential_files(cfg))
         backoff = Backoff(base=SIDECAR_BACKOFF_BASE, cap=min(cfg.refresh_interval, SIDECAR_BACKOFF_CAP), rng=self.rng)
         tasks: list[asyncio.Task] = []
         try:
@@ -335,21 +340,25 @@ async def watch_credentials(agent: Agent) -> None:
     Watches the files' directories (injector.filewatch): kubelet updates a Secret volume by
     renaming a `..data` symlink, so the files' own inodes never change but the directory sees
     the rename. Content is compared by digest, so a swap with the same content is ignored; the
-    digest is also re-checked every WATCH_RECHECK seconds, which covers a change made before
-    the watch was registered.
+    digest is also re-checked every WATCH_RECHECK seconds, which covers a change made while the
+    watch was being registered.
     """
     from injector.filewatch import changes
 
     files = credential_files(agent.config)
     dirs = sorted({os.path.dirname(os.path.abspath(p)) for p in files})
-    last = _fingerprint(files)
-    async for _ in changes(dirs, recheck=WATCH_RECHECK):
+    last = agent._login_fingerprint or _fingerprint(files)
+    events = aiter(changes(dirs, recheck=WATCH_RECHECK))
+    while True:
+        # The first pass compares with the files the first login read: the watch starts only
+        # after the first sync, and a change made in between must not be missed.
         current = _fingerprint(files)
         if current != last:
             last = current
             invalidate_credentials(agent.client)
             agent.log.info("credentials_changed", action="fresh login with the new credentials")
             agent.wake("credentials changed")
+        await anext(events)
 
 
 def invalidate_credentials(client: Any) -> None:
@@ -412,12 +421,17 @@ async def run(config: AgentConfig, log: Logger) -> int:
     main_task = asyncio.current_task()
     assert main_task is not None
     stopping: list[str] = []
+    closing: list[bool] = []  # set once the work is done and only the (bounded) close remains
 
     def on_signal(signame: str) -> None:
         if not stopping:
             stopping.append(signame)
             log.info("stopping", signal=signame)
-            main_task.cancel()
+            # While closing, the outcome is already decided (an init that synced has written its
+            # files) and the close is bounded by SHUTDOWN_GRACE: cancelling it would only turn a
+            # finished run into an uncaught CancelledError and exit 1.
+            if not closing:
+                main_task.cancel()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
@@ -455,9 +469,14 @@ async def run(config: AgentConfig, log: Logger) -> int:
         # SIGTERM/SIGINT: the sidecar's job is done; an init that never synced did not succeed.
         return 0 if (config.mode == "sidecar" or agent.metrics.ready) else 1
     finally:
-        await _close(agent.client)
-        if health is not None:
-            await health.stop()
+        closing.append(True)
+        try:
+            await _close(agent.client)
+            if health is not None:
+                await health.stop()
+        except asyncio.CancelledError:
+            if not stopping:  # not our signal: someone else cancels this task
+                raise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", action="append", metavar="[NAME=]/FOLDER",
                    help="KMS folder; repeatable; NAME=/folder lands in <mount-path>/NAME/")
     p.add_argument("--mount-path", help="directory the files are written to")
+    p.add_argument("--api", help="KMS API: auto (default: Infisical, else canonical on 404), infisical or canonical")
     p.add_argument("--credentials-dir", help="directory with clientId and clientSecret files")
     p.add_argument("--format", help="files, dotenv, json or yaml")
     p.add_argument("--template", action="append", metavar="FILE=TEMPLATE", help="render ${KEY} template to FILE; repeatable")
@@ -72,7 +73,7 @@ def parse_sources(values: list[str]) -> list[dict[str, str]]:
 
 def _flag_overrides(ns: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in ("mode", "host", "project", "env", "mount_path", "credentials_dir", "format", "file_mode",
+    for name in ("mode", "api", "host", "project", "env", "mount_path", "credentials_dir", "format", "file_mode",
                  "refresh_interval", "init_timeout", "request_timeout", "signal", "signal_process", "health_port"):
         value = getattr(ns, name)
         if value is not None:

@@ -139,3 +139,54 @@ async def test_client_canonical_backend_detects_once_hashes_and_relogs_in(tmp_pa
             except InvalidCredentials as exc:
                 assert "status=401" in str(exc) and "wrong-secret-123456" not in str(exc)
         assert "VALUE-" not in out.getvalue() and CLIENT_SECRET not in out.getvalue()
+
+
+async def test_canonical_listing_with_a_lone_surrogate_name_skips_it_and_syncs_the_rest(tmp_path: Path) -> None:
+    # JSON "\ud800" in a listing decodes to a lone surrogate: urllib's quote() cannot even encode it,
+    # which used to fail the whole folder. It must be skipped (logged by name), the rest written.
+    # A hand-written canonical KMS: the dev KMS cannot store such a key.
+    from aiohttp import web
+
+    from tests.reliability_support import assert_no_leaks
+
+    values = {"GOOD": "good-canon-1", "ALSO_GOOD": "good-canon-2"}
+    value_paths: list[str] = []
+
+    async def login(request: web.Request) -> web.Response:
+        return web.json_response({"accessToken": "tok-canon-odd", "expiresIn": 3600, "tokenType": "Bearer"})
+
+    async def names(request: web.Request) -> web.Response:
+        return web.Response(text='{"names": ["GOOD", "BAD\\ud800", "ALSO_GOOD"]}', content_type="application/json")
+
+    async def value(request: web.Request) -> web.Response:
+        value_paths.append(request.path)
+        name = request.match_info["name"]
+        if name not in values:
+            return web.json_response({"message": "secret not found"}, status=404)
+        return web.json_response({"secret": {"value": values[name]}})
+
+    app = web.Application()
+    app.router.add_post("/api/v1/kms/auth/login", login)
+    app.router.add_get(f"/api/v1/kms/orgs/{PROJECT}/secrets", names)
+    app.router.add_get(f"/api/v1/kms/orgs/{PROJECT}/secrets/odd/{{name}}", value)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    mount = tmp_path / "secrets"
+    try:
+        write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
+        init = spawn(agent_args(f"http://127.0.0.1:{port}/api", mount, tmp_path / "auth", "--api", "canonical",
+                                "--init-timeout", "20s", mode="init", paths=("/odd",)), tmp_path, "init")
+        rc = await init.wait_exit(timeout=60)
+    finally:
+        await runner.cleanup()
+    assert rc == 0, init.stderr()[-2000:]
+    assert read_folder(mount) == values
+    assert sorted(value_paths) == [f"/api/v1/kms/orgs/{PROJECT}/secrets/odd/{n}" for n in ("ALSO_GOOD", "GOOD")]
+    skipped = init.events("key_skipped")
+    assert [r["key"] for r in skipped] == ["BAD\ud800"], skipped
+    assert "UTF-8" in skipped[0]["reason"]
+    assert not init.events("sync_failing"), init.stderr()[-2000:]
+    assert_no_leaks({"init stderr": init.stderr()}, {"token": "tok-canon-odd", "client secret": CLIENT_SECRET})

@@ -17,6 +17,7 @@ import asyncio
 from typing import Any
 from urllib.parse import quote
 
+from injector.keys import unsafe_key_reason
 from injector.kms.auth import token_rejected, transport_error
 from injector.kms.errors import BadResponse, KmsError, NotFound, error_from_response
 from injector.kms.http import HttpError, Response
@@ -136,7 +137,12 @@ async def _read_folder(client: Any, org: str, env: str, path: str, concurrency: 
             raise BadResponse(f"field secret.value of key {name[:100]!r} is missing or not a string", status=200, **w)
         out[name] = value
 
-    tasks = [asyncio.ensure_future(one(n)) for n in dict.fromkeys(names)]
+    # A name that can never be a file (keys.unsafe_key_reason: '..', '/', a lone surrogate that
+    # quote() cannot even encode, ...) is not fetched: its value is never needed. It stays in the
+    # result with an empty placeholder so that render skips it by the same rule and the agent logs
+    # `key_skipped` naming it, exactly as with the Infisical backend; the other keys still sync.
+    unsafe = {n: "" for n in names if unsafe_key_reason(n) is not None}
+    tasks = [asyncio.ensure_future(one(n)) for n in dict.fromkeys(names) if n not in unsafe]
     try:
         await asyncio.gather(*tasks)
     except BaseException:
@@ -144,4 +150,5 @@ async def _read_folder(client: Any, org: str, env: str, path: str, concurrency: 
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+    out.update(unsafe)
     return {n: out[n] for n in sorted(out)}
