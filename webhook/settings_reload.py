@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from injector.log import Logger, get_logger
+from webhook.filewatch import watch_dirs
 from webhook.metrics import Metrics
 
 UNREADABLE = "unreadable"  # the digest of a file we cannot read (missing, permissions)
@@ -133,41 +134,5 @@ class SettingsReloader:
     # -- watching -------------------------------------------------------------------------------
     async def watch(self, stop: asyncio.Event | None = None) -> None:
         """Reload on changes in the file's directory until `stop` is set (or cancelled)."""
-        stop = stop or asyncio.Event()
-        directory = str(self.path.parent)
-        poller = asyncio.create_task(self._poll(stop))
-        try:
-            while not stop.is_set():
-                if not os.path.isdir(directory):
-                    await _wait(stop, 1.0)
-                    continue
-                await self._reload_safely()  # a change made before the watcher started is not lost
-                try:
-                    import watchfiles  # noqa: PLC0415
-
-                    async for _changes in watchfiles.awatch(directory, stop_event=stop, debounce=50, step=20,
-                                                            recursive=False, rust_timeout=1000):
-                        await self._reload_safely()
-                except (OSError, RuntimeError) as exc:  # dir vanished, inotify limits: the poll covers us
-                    self.log.warning("settings_watch_error", error=type(exc).__name__)
-                    await _wait(stop, 1.0)
-        finally:
-            poller.cancel()
-
-    async def _poll(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await _wait(stop, self.poll_interval)
-            await self._reload_safely()
-
-    async def _reload_safely(self) -> None:
-        try:
-            await self.reload()
-        except Exception as exc:  # noqa: BLE001 (never let the watcher die; old settings stay)
-            self.log.error("settings_reload_error", error=type(exc).__name__)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except asyncio.TimeoutError:
-        pass
+        await watch_dirs([str(self.path.parent)], self.reload, stop=stop or asyncio.Event(),
+                         poll_interval=self.poll_interval, log=self.log, name="settings")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from injector.log import Logger, get_logger
+from webhook.filewatch import watch_dirs
 
 
 @dataclass(frozen=True)
@@ -174,39 +175,6 @@ class CertReloader:
     # -- watching -----------------------------------------------------------------------------
     async def watch(self, stop: asyncio.Event | None = None) -> None:
         """Reload on file changes until `stop` is set (or the task is cancelled)."""
-        stop = stop or asyncio.Event()
         dirs = sorted({str(self.cert_path.parent), str(self.key_path.parent)})
-        poller = asyncio.create_task(self._poll(stop))
-        try:
-            while not stop.is_set():
-                existing = [d for d in dirs if os.path.isdir(d)]
-                if not existing:
-                    await _wait(stop, 1.0)
-                    continue
-                await self.reload()  # a change made before the watcher started is not lost
-                try:
-                    import watchfiles
-
-                    async for _changes in watchfiles.awatch(*existing, stop_event=stop, debounce=50, step=20,
-                                                            recursive=False, rust_timeout=1000):
-                        await self.reload()
-                except (OSError, RuntimeError) as exc:  # dir vanished, inotify limits: the poll covers us
-                    self.log.warning("tls_watch_error", error=type(exc).__name__)
-                    await _wait(stop, 1.0)
-        finally:
-            poller.cancel()
-
-    async def _poll(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await _wait(stop, self.poll_interval)
-            try:
-                await self.reload()
-            except Exception as exc:  # never let the safety net die
-                self.log.error("tls_poll_error", error=type(exc).__name__)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except asyncio.TimeoutError:
-        pass
+        await watch_dirs(dirs, self.reload, stop=stop or asyncio.Event(),
+                         poll_interval=self.poll_interval, log=self.log, name="tls")
