@@ -212,3 +212,14 @@ def app_reloads(app: Proc) -> list[str]:
 def app_name() -> str:
     """A unique process name per test (<= 15 bytes), so parallel runs never signal each other."""
     return "kmsapp-" + secrets.token_hex(4)
+
+
+async def serve_app(app: Any) -> tuple[Any, int]:
+    """Start an aiohttp app (a deliberately odd KMS) on 127.0.0.1, port 0: (runner, port)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.agent_support import (
-    CHAT, CLIENT_ID, CLIENT_SECRET, ENV, PROJECT, SHARED, agent_args, read_folder, seed, spawn, wait_for, write_credentials,
+    CHAT, CLIENT_ID, CLIENT_SECRET, ENV, PROJECT, SHARED, agent_args, read_folder, seed, serve_app, spawn, wait_for, write_credentials,
 )
 
 CANON_LIST = "GET /v1/kms/orgs/{org}/secrets"
@@ -169,11 +169,7 @@ async def test_canonical_listing_with_a_lone_surrogate_name_skips_it_and_syncs_t
     app.router.add_post("/api/v1/kms/auth/login", login)
     app.router.add_get(f"/api/v1/kms/orgs/{PROJECT}/secrets", names)
     app.router.add_get(f"/api/v1/kms/orgs/{PROJECT}/secrets/odd/{{name}}", value)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_app(app)
     mount = tmp_path / "secrets"
     try:
         write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)

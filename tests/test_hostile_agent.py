@@ -19,7 +19,7 @@ import pytest
 
 from injector.devserver.server import run_dev_kms
 from tests.agent_support import (
-    CLIENT_ID, CLIENT_SECRET, ENV, PROJECT, agent_args, read_folder, seed, spawn, wait_for, write_credentials,
+    CLIENT_ID, CLIENT_SECRET, ENV, PROJECT, agent_args, read_folder, seed, serve_app, spawn, wait_for, write_credentials,
 )
 
 from .reliability_support import assert_no_leaks
@@ -159,11 +159,7 @@ async def test_key_that_is_not_utf8_text_is_skipped_not_fatal(tmp_path: Path) ->
     app = web.Application()
     app.router.add_post("/api/v1/auth/universal-auth/login", login)
     app.router.add_get("/api/v3/secrets/raw", secrets_raw)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_app(app)
     mount = tmp_path / "secrets"
     try:
         write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
