@@ -49,27 +49,51 @@ def seed() -> dict[str, Any]:
     }
 
 
-def write_credentials(directory: Path, client_id: str, client_secret: str) -> None:
-    """Write credentials the way kubelet updates a Secret volume: a new `..<ts>` dir, a `..data`
-    symlink renamed over the old one, and `clientId -> ..data/clientId` links."""
+def write_volume(directory: Path, files: dict[str, str]) -> None:
+    """Update `directory` the way kubelet updates a Secret, ConfigMap or projected volume: a new
+    `..<ts>` dir, a `..data` symlink renamed over the old one, `NAME -> ..data/NAME` links."""
     directory.mkdir(parents=True, exist_ok=True)
     version = directory / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{secrets.token_hex(4)}"
     version.mkdir()
-    (version / "clientId").write_text(client_id)
-    (version / "clientSecret").write_text(client_secret)
+    for name, text in files.items():
+        (version / name).write_text(text)
     tmp = directory / "..data_tmp"
     if tmp.is_symlink():
         tmp.unlink()
     old = os.readlink(directory / "..data") if (directory / "..data").is_symlink() else None
     os.symlink(version.name, tmp)
     os.rename(tmp, directory / "..data")
-    for name in ("clientId", "clientSecret"):
+    for name in files:
         if not (directory / name).is_symlink():
             os.symlink(f"..data/{name}", directory / name)
     if old:
         import shutil
 
         shutil.rmtree(directory / old, ignore_errors=True)
+
+
+def write_credentials(directory: Path, client_id: str, client_secret: str) -> None:
+    """The universal-auth Secret volume (`clientId`, `clientSecret`), as kubelet writes it."""
+    write_volume(directory, {"clientId": client_id, "clientSecret": client_secret})
+
+
+def make_jwt(key: Any, sa: str = "chat", ttl: int = 600, audience: str = "kms.hanzo.ai", **claims: Any) -> str:
+    """An RS256 service-account token like kube-apiserver issues, signed with `key`."""
+    import base64
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    now = int(time.time())
+    payload = {"iss": "https://kubernetes.default.svc", "sub": f"system:serviceaccount:hanzo:{sa}",
+               "aud": [audience], "iat": now, "nbf": now, "exp": now + ttl, **claims}
+    head = b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "test"}).encode())
+    body = b64(json.dumps(payload).encode())
+    sig = key.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{head}.{body}.{b64(sig)}"
 
 
 def read_folder(root: Path) -> dict[str, str]:

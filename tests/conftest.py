@@ -102,3 +102,15 @@ def dev_server_process(tmp_path: Path):
         srv.stop()
         if srv.proc.stdout:
             srv.proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def rsa_keys():
+    """(signing key, an unrelated key, the signing key's public PEM) for service-account JWTs."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return key, other, pem

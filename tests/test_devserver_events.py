@@ -4,15 +4,12 @@ signed by a key pair made here)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
 
 import aiohttp
-import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from tests.agent_support import make_jwt
 from tests.test_devserver import assert_error, call, login
 
 SUBSCRIBE = "/v1/events/subscribe/project-events"
@@ -124,28 +121,6 @@ async def test_stop_ends_open_streams_quickly(dev_kms):
 
 
 # ---- kubernetes auth ---------------------------------------------------------------------------
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def make_jwt(key: rsa.RSAPrivateKey, **claims) -> str:
-    now = int(time.time())
-    payload = {"iss": "https://kubernetes.default.svc", "sub": "system:serviceaccount:hanzo:chat",
-               "aud": ["kms.hanzo.ai"], "iat": now, "nbf": now, "exp": now + 600, **claims}
-    head = _b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "test"}).encode())
-    body = _b64(json.dumps(payload).encode())
-    sig = key.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
-    return f"{head}.{body}.{_b64(sig)}"
-
-
-@pytest.fixture(scope="module")
-def rsa_keys():
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return key, other, pem
-
 
 def k8s_seed() -> dict:
     from injector.devserver import tiny_seed

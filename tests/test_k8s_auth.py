@@ -4,64 +4,24 @@ When kubelet rotates the token (a ..data symlink swap) the agent's next login re
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import secrets
-import shutil
-import time
 from pathlib import Path
 
-import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from injector.devserver.server import run_dev_kms
-from tests.agent_support import CHAT, ENV, PROJECT, SHARED, agent_args, read_folder, seed, spawn, wait_for
+from tests.agent_support import (
+    CHAT, ENV, PROJECT, SHARED, agent_args, make_jwt, read_folder, seed, spawn, wait_for, write_volume,
+)
 
 IDENTITY_ID = "6a1f0c2e-k8s-agent-tests"
 AUDIENCE = "kms.hanzo.ai"
 K8S_LOGIN = "POST /v1/auth/kubernetes-auth/login"
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def make_jwt(key: rsa.RSAPrivateKey, sa: str = "chat", ttl: int = 600) -> str:
-    now = int(time.time())
-    claims = {"iss": "https://kubernetes.default.svc", "sub": f"system:serviceaccount:hanzo:{sa}", "aud": [AUDIENCE],
-              "iat": now, "nbf": now, "exp": now + ttl}
-    head = _b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "test"}).encode())
-    body = _b64(json.dumps(claims).encode())
-    sig = key.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
-    return f"{head}.{body}.{_b64(sig)}"
-
-
 def write_token(directory: Path, jwt: str) -> Path:
-    """Write the token the way kubelet updates a projected volume: a new `..<ts>` dir, `..data`
-    renamed over the old link, `token -> ..data/token`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    version = directory / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{secrets.token_hex(4)}"
-    version.mkdir()
-    (version / "token").write_text(jwt)
-    old = os.readlink(directory / "..data") if (directory / "..data").is_symlink() else None
-    tmp = directory / "..data_tmp"
-    os.symlink(version.name, tmp)
-    os.rename(tmp, directory / "..data")
-    if not (directory / "token").is_symlink():
-        os.symlink("..data/token", directory / "token")
-    if old:
-        shutil.rmtree(directory / old, ignore_errors=True)
+    """The projected token volume, as kubelet rotates it."""
+    write_volume(directory, {"token": jwt})
     return directory / "token"
-
-
-@pytest.fixture(scope="module")
-def keys():
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return key, other, pem
 
 
 def k8s_seed() -> dict:
@@ -77,8 +37,8 @@ def k8s_env(token_path: Path) -> dict[str, str]:
                                             "sources": ["/chat"]})}
 
 
-async def test_init_and_sidecar_log_in_with_the_token_file_and_follow_its_rotation(keys, tmp_path: Path) -> None:
-    key, other, pem = keys
+async def test_init_and_sidecar_log_in_with_the_token_file_and_follow_its_rotation(rsa_keys, tmp_path: Path) -> None:
+    key, other, pem = rsa_keys
     async with run_dev_kms(k8s_seed(), k8s_public_key_pem=pem, k8s_audience=AUDIENCE, lockout_seconds=0.5) as kms:
         first = make_jwt(key)
         token = write_token(tmp_path / "sa", first)
@@ -120,8 +80,8 @@ async def test_init_and_sidecar_log_in_with_the_token_file_and_follow_its_rotati
             agent.stop()
 
 
-async def test_missing_token_file_fails_init_naming_the_file(keys, tmp_path: Path) -> None:
-    _, _, pem = keys
+async def test_missing_token_file_fails_init_naming_the_file(rsa_keys, tmp_path: Path) -> None:
+    _, _, pem = rsa_keys
     async with run_dev_kms(k8s_seed(), k8s_public_key_pem=pem, k8s_audience=AUDIENCE) as kms:
         token = tmp_path / "sa" / "token"
         init = spawn(agent_args(kms.base_url, tmp_path / "secrets", tmp_path / "x", "--init-timeout", "1s", mode="init"),

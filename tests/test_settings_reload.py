@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import secrets
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +15,7 @@ from injector.log import Logger
 from webhook.metrics import Metrics
 from webhook.settings_reload import SettingsReloader
 
+from .agent_support import write_volume
 from .reliability_support import WebhookProcess
 
 P = "kms.hanzo.ai/"
@@ -28,21 +26,8 @@ BROKEN = f"defaultPolicy: sometimes\nallowedHosts:\n  - {OTHER_HOST}\n"
 
 
 def write_configmap(directory: Path, files: dict[str, str]) -> None:
-    """Update `directory` the way kubelet updates a ConfigMap volume (see agent_support.write_credentials)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    version = directory / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{secrets.token_hex(4)}"
-    version.mkdir()
-    for name, text in files.items():
-        (version / name).write_text(text)
-    old = os.readlink(directory / "..data") if (directory / "..data").is_symlink() else None
-    tmp = directory / "..data_tmp"
-    os.symlink(version.name, tmp)
-    os.rename(tmp, directory / "..data")
-    for name in files:
-        if not (directory / name).is_symlink():
-            os.symlink(f"..data/{name}", directory / name)
-    if old:
-        shutil.rmtree(directory / old, ignore_errors=True)
+    """Update `directory` the way kubelet updates a ConfigMap volume."""
+    write_volume(directory, files)
 
 
 def admission(name: str = "api-5c9f7-") -> bytes:
