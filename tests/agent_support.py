@@ -247,3 +247,14 @@ async def serve_app(app: Any) -> tuple[Any, int]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+async def init_then_app(base_url: str, tmp: Path) -> tuple[Path, Proc, str]:
+    """As in a pod: the init container writes the files first, then the example app starts.
+    Returns (mount, app, the app's process name for --signal-process)."""
+    mount = tmp / "secrets"
+    write_credentials(tmp / "auth", CLIENT_ID, CLIENT_SECRET)
+    init = spawn(agent_args(base_url, mount, tmp / "auth", mode="init"), tmp, "init")
+    assert await init.wait_exit() == 0, init.stderr()
+    name = app_name()
+    return mount, spawn([sys.executable, str(APP), str(mount)], tmp, "app", env={"KMS_APP_NAME": name}), name

@@ -15,7 +15,7 @@ import pytest
 from injector.devserver.server import run_dev_kms
 from tests.agent_support import (
     APP, CHAT, CLIENT_ID, CLIENT_SECRET, ENV, IDENTITY, PROJECT, SHARED, agent_args, aget, app_name, app_reloads,
-    free_port, metric, metrics, read_folder, seed, spawn, wait_for, write_credentials,
+    free_port, init_then_app, metric, metrics, read_folder, seed, spawn, wait_for, write_credentials,
 )
 
 INTERVAL = 5.0  # the minimum refresh interval
@@ -40,13 +40,8 @@ async def start_sidecar(kms, tmp: Path, *extra: str, interval: float = INTERVAL,
 
 
 async def test_rotation_delete_and_one_sighup_per_change(kms, tmp_path: Path) -> None:
-    mount = tmp_path / "secrets"
-    write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
     # As in a pod: the init container writes first, then the app starts, then the sidecar.
-    init = spawn(agent_args(kms.base_url, mount, tmp_path / "auth", mode="init"), tmp_path, "init")
-    assert await init.wait_exit() == 0, init.stderr()
-    name = app_name()
-    app = spawn([sys.executable, str(APP), str(mount)], tmp_path, "app", env={"KMS_APP_NAME": name})
+    mount, app, name = await init_then_app(kms.base_url, tmp_path)
     agent = None
     try:
         await wait_for(lambda: "app: loaded" in app.stdout(), what="app start")

@@ -16,8 +16,8 @@ from injector.devserver.server import run_dev_kms
 from injector.event_trigger import Debouncer
 from injector.kms.events import SseParser, match_event, registrations
 from tests.agent_support import (
-    APP, CHAT, CLIENT_ID, CLIENT_SECRET, ENV, IDENTITY, PROJECT, agent_args, app_name, app_reloads, free_port, metric,
-    metrics, read_folder, seed, spawn, wait_for, write_credentials,
+    APP, CHAT, CLIENT_ID, CLIENT_SECRET, ENV, IDENTITY, PROJECT, agent_args, app_name, app_reloads, free_port, init_then_app,
+    metric, metrics, read_folder, seed, spawn, wait_for, write_credentials,
 )
 
 LIST = "GET /v3/secrets/raw"
@@ -66,12 +66,7 @@ async def start(kms, tmp: Path, *extra: str, interval: float = LONG, name: str =
 
 
 async def test_change_reaches_file_and_app_fast_and_bursts_are_coalesced(kms, tmp_path: Path) -> None:
-    mount = tmp_path / "secrets"
-    write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
-    init = spawn(agent_args(kms.base_url, mount, tmp_path / "auth", mode="init"), tmp_path, "init")
-    assert await init.wait_exit() == 0, init.stderr()
-    name = app_name()
-    app = spawn([sys.executable, str(APP), str(mount)], tmp_path, "app", env={"KMS_APP_NAME": name})
+    mount, app, name = await init_then_app(kms.base_url, tmp_path)
     api = Api(kms.base_url)
     agent = None
     try:
