@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from injector.devserver.server import run_dev_kms
 from tests.agent_support import (
-    APP, CHAT, CLIENT_ID, CLIENT_SECRET, ENV, IDENTITY, PROJECT, SHARED, agent_args, aget, app_name, app_reloads,
+    CHAT, CLIENT_ID, CLIENT_SECRET, ENV, IDENTITY, PROJECT, SHARED, agent_args, aget, app_reloads,
     free_port, init_then_app, metric, metrics, read_folder, seed, spawn, wait_for, write_credentials,
 )
 

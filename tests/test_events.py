@@ -5,7 +5,6 @@ poll interval; a burst costs a few fetches; a cut stream reconnects; no stream -
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from injector.devserver.server import run_dev_kms
 from injector.event_trigger import Debouncer
 from injector.kms.events import SseParser, match_event, registrations
 from tests.agent_support import (
-    APP, CHAT, CLIENT_ID, CLIENT_SECRET, ENV, IDENTITY, PROJECT, agent_args, app_name, app_reloads, free_port, init_then_app,
+    CHAT, CLIENT_ID, CLIENT_SECRET, ENV, IDENTITY, PROJECT, agent_args, app_reloads, free_port, init_then_app,
     metric, metrics, read_folder, seed, spawn, wait_for, write_credentials,
 )
 
