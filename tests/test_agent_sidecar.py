@@ -153,7 +153,9 @@ async def test_replaced_credentials_lead_to_a_fresh_login(kms, tmp_path: Path) -
         await wait_for(lambda: agent.events("credentials_changed"), timeout=20, what="credentials change noticed")
         await wait_for(lambda: _metric_above(port, "kms_agent_syncs_total", 1), timeout=20, what="sync with new credentials")
         stats = kms.stats()
-        assert stats["routes"][LOGIN] == 2 and stats["statuses"].get("401", 0) == 0
+        # One fresh login with the new files; a second is possible when the expired token is
+        # noticed (event stream or a sync) just before the files change. Never a refused login.
+        assert stats["routes"][LOGIN] in (2, 3) and stats["statuses"].get("401", 0) == 0, stats
         assert not agent.events("sync_failing")
         assert new_secret not in agent.stderr() and CLIENT_SECRET not in agent.stderr()
     finally:
