@@ -115,7 +115,8 @@ class Agent:
         """Sleep `delay` seconds or until woken; returns the wake reason ('' on timeout)."""
         assert self._wake is not None
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, delay))
+            async with asyncio.timeout(max(0.0, delay)):
+                await self._wake.wait()
         except asyncio.TimeoutError:
             return ""
         return self._wake_reason or "wake"
@@ -245,7 +246,8 @@ class Agent:
         try:
             while True:
                 try:
-                    changed = await asyncio.wait_for(self.sync_once(), timeout=max(0.01, deadline - loop.time()))
+                    async with asyncio.timeout(max(0.01, deadline - loop.time())):
+                        changed = await self.sync_once()
                 except asyncio.TimeoutError:  # the deadline fell inside an attempt
                     self._health.failures += 1
                     last = f" (before that: {self._health.last_error})" if self._health.last_error else ""
@@ -381,7 +383,8 @@ def describe_error(exc: BaseException) -> str:
 async def _cancel(task: asyncio.Task) -> None:
     task.cancel()
     try:
-        await asyncio.wait_for(asyncio.shield(task), timeout=SHUTDOWN_GRACE)
+        async with asyncio.timeout(SHUTDOWN_GRACE):
+            await asyncio.shield(task)
     except (asyncio.CancelledError, asyncio.TimeoutError, Exception):
         pass
 
@@ -393,7 +396,8 @@ async def _close(obj: Any) -> None:
     try:
         result = close()
         if inspect.isawaitable(result):
-            await asyncio.wait_for(result, timeout=SHUTDOWN_GRACE)
+            async with asyncio.timeout(SHUTDOWN_GRACE):
+                await result
     except Exception:
         pass
 

@@ -86,7 +86,8 @@ async def changes(dirs: list[str], debounce: float = 0.1, recheck: float = 10.0)
             yield None  # (re)start: compare once
             while True:
                 try:
-                    await asyncio.wait_for(ready.wait(), timeout=recheck if watching else min(recheck, 2.0))
+                    async with asyncio.timeout(recheck if watching else min(recheck, 2.0)):
+                        await ready.wait()
                 except asyncio.TimeoutError:
                     yield None
                     if not watching:

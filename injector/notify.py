@@ -169,7 +169,8 @@ async def run_command(argv: list[str], timeout: float, logger: Any = None) -> Co
         log.warning("command_failed", command=cmd, detail=result.error)
         return result
     try:
-        code = await asyncio.wait_for(proc.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            code = await proc.wait()
     except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
         _kill_group(proc.pid)
         await asyncio.shield(proc.wait())

@@ -64,3 +64,23 @@ async def test_missing_directory_is_retried(tmp_path: Path) -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_cancel_while_a_change_lands_stops_the_watch(tmp_path: Path) -> None:
+    """Python 3.11's asyncio.wait_for swallows a cancel that arrives in the same loop iteration as
+    the awaited event (the hang CI hit once in this very file). Cancel at every point of that
+    window, a few loop iterations after a change, and the watch must stop every time."""
+    write_credentials(tmp_path, "id", "zero")
+    for n in range(60):
+        seen = [0]
+        task = asyncio.create_task(_count(filewatch.changes([str(tmp_path)], debounce=0.0, recheck=60), seen))
+        for _ in range(100):
+            if seen[0]:
+                break
+            await asyncio.sleep(0.01)
+        write_credentials(tmp_path, "id", f"v{n}")
+        for _ in range(n % 6):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert done, f"the watch ignored a cancel {n % 6} loop iterations after a change"

@@ -187,7 +187,8 @@ class AutoTLS:
             except Exception as exc:  # API down, bad config: keep serving what we have, retry
                 self.log.error("autotls_step_failed", error_type=type(exc).__name__, error=_safe(exc))
             try:
-                await asyncio.wait_for(stop.wait(), self.cfg.tick)
+                async with asyncio.timeout(self.cfg.tick):
+                    await stop.wait()
             except asyncio.TimeoutError:
                 pass
 

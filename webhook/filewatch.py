@@ -56,6 +56,7 @@ async def watch_dirs(dirs: list[str], reload: Callable[[], Awaitable[object]], *
 async def wait(stop: asyncio.Event, seconds: float) -> None:
     """Sleep `seconds`, or less if `stop` is set."""
     try:
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await stop.wait()
     except asyncio.TimeoutError:
         pass

@@ -245,7 +245,8 @@ class StreamResponse:
         buf = b""
         while True:
             try:
-                data = await asyncio.wait_for(self._body.read_some(), idle_timeout)
+                async with asyncio.timeout(idle_timeout):
+                    data = await self._body.read_some()
             except asyncio.TimeoutError:
                 raise RequestTimeout(f"no data on the stream for {idle_timeout:g}s") from None
             except (ConnectionError, OSError) as exc:
@@ -267,7 +268,8 @@ class StreamResponse:
     async def read(self, max_body: int = DEFAULT_MAX_BODY, timeout: float | None = 10.0) -> bytes:
         """Read the rest of the body (e.g. an error body), bounded in size and time."""
         try:
-            return await asyncio.wait_for(self._body.read_all(max_body), timeout)
+            async with asyncio.timeout(timeout):
+                return await self._body.read_all(max_body)
         except asyncio.TimeoutError:
             raise RequestTimeout("timed out reading the response body") from None
 
@@ -317,7 +319,8 @@ class HttpClient:
         """Send one request and read the whole response within `timeout` (default: the client's)."""
         data, limit = self._prepare(method, path, params, json, headers, timeout)
         try:
-            return await asyncio.wait_for(self._roundtrip(method, data), limit)
+            async with asyncio.timeout(limit):
+                return await self._roundtrip(method, data)
         except asyncio.TimeoutError:
             raise self._timed_out(method, path, limit) from None
 
@@ -345,7 +348,8 @@ class HttpClient:
             conn.close()
         for conn in idle:
             try:
-                await asyncio.wait_for(conn.writer.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await conn.writer.wait_closed()
             except Exception:  # best effort: the peer may already be gone
                 pass
 
@@ -394,10 +398,9 @@ class HttpClient:
                 self._ssl = ssl.create_default_context(cafile=self._ca_file)
             ctx = self._ssl
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(o.host, o.port, ssl=ctx, server_hostname=o.host if ctx else None, limit=MAX_HEADER_BYTES),
-                timeout,
-            )
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(
+                    o.host, o.port, ssl=ctx, server_hostname=o.host if ctx else None, limit=MAX_HEADER_BYTES)
         except asyncio.TimeoutError:
             raise RequestTimeout(f"connecting to {o.host}:{o.port} timed out") from None
         except ssl.SSLCertVerificationError as exc:
@@ -509,7 +512,8 @@ class _StreamContext:
             return StreamResponse(status, reason, hdrs, body, conn, max_line)
 
         try:
-            self._resp = await asyncio.wait_for(open_(), limit)
+            async with asyncio.timeout(limit):
+                self._resp = await open_()
         except asyncio.TimeoutError:
             raise client._timed_out(method, path, limit) from None
         return self._resp
