@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import os
 import platform
+import random
 import re
 import ssl
 import statistics
@@ -37,6 +38,7 @@ RATES = (100, 500, 1000)
 SATURATION_CONCURRENCY = 32
 CONNECTIONS = 64
 SATURATION_RUNS = 3
+WORKLOADS = 8  # Deployments rolling out at once in the rollout mix
 
 
 def realistic_review() -> dict:
@@ -192,30 +194,31 @@ class Load:
             c.close()
 
     def fresh(self) -> bytes:
-        """A distinct body per call, cheaply (bytes substitution), for the saturated distinct mix."""
+        """The next request body, as kube-apiserver sends it: a fresh uid and its own
+        `kube-api-access-xxxxx` service-account volume every time (the ServiceAccount plugin runs
+        before webhooks). "rollout": otherwise the pods of WORKLOADS Deployments, interleaved, as
+        in a rollout or scale-up. "unique": every pod has its own image tag (and template hash),
+        so no two admissions share an answer and every one runs review(): the worst case."""
         if self._tmpl is None:
             req = self.template["request"]
             req["uid"] = "@@UID@@"
-            if self.mix == "distinct":
-                meta = req["object"]["metadata"]
-                meta.setdefault("labels", {})["pod-template-hash"] = "@@HASH@@"
-                meta["generateName"] = "chat-@@HASH@@-"
+            pod = req["object"]
+            meta, spec = pod["metadata"], pod["spec"]
+            meta.setdefault("labels", {})["pod-template-hash"] = "@@TAG@@"
+            meta["generateName"] = "chat-@@TAG@@-"
+            spec["containers"][0]["image"] = "ghcr.io/hanzoai/chat:@@TAG@@"
+            for v in spec["volumes"]:
+                if v["name"].startswith("kube-api-access-"):
+                    v["name"] = "kube-api-access-@@SA@@"
+            for c in spec["containers"]:
+                for m in c.get("volumeMounts") or []:
+                    if m["name"].startswith("kube-api-access-"):
+                        m["name"] = "kube-api-access-@@SA@@"
+            assert b"@@SA@@" in json.dumps(self.template).encode()
             self._tmpl = json.dumps(self.template).encode()
-        h = os.urandom(5).hex().encode()
-        return self._tmpl.replace(b"@@UID@@", str(uuid.uuid4()).encode()).replace(b"@@HASH@@", h)
-
-    def body(self) -> bytes:
-        # A fresh uid per request, as the apiserver sends. "replicas": otherwise the same pod, as
-        # when a ReplicaSet scales up. "distinct": every pod differs (its own pod-template-hash),
-        # so the webhook's identical-request cache never hits and every admission runs review().
-        req = self.template["request"]
-        req["uid"] = str(uuid.uuid4())
-        if self.mix == "distinct":
-            h = uuid.uuid4().hex[:10]
-            meta = req["object"]["metadata"]
-            meta.setdefault("labels", {})["pod-template-hash"] = h
-            meta["generateName"] = f"chat-{h}-"
-        return json.dumps(self.template).encode()
+        tag = os.urandom(5).hex() if self.mix == "unique" else f"{random.randrange(WORKLOADS):010x}"
+        return (self._tmpl.replace(b"@@UID@@", str(uuid.uuid4()).encode()).replace(b"@@TAG@@", tag.encode())
+                .replace(b"@@SA@@", os.urandom(3).hex()[:5].encode()))
 
     async def one(self, body: bytes) -> bool:
         c = await self.idle.get()  # waiting for a free connection counts as latency in the open loop
@@ -228,7 +231,7 @@ class Load:
 
     async def open_loop(self, rate: int, seconds: float) -> dict:
         n = int(rate * seconds)
-        bodies = [self.body() for _ in range(n)]
+        bodies = [self.fresh() for _ in range(n)]
         latencies: list[float] = []
         errors = 0
         tasks = []
@@ -263,7 +266,7 @@ class Load:
         async def worker(k: int) -> None:
             nonlocal done, errors
             while time.perf_counter() < stop_at:
-                body = self.fresh()  # distinct mix: never a repeat, so never a cache hit
+                body = self.fresh()
                 t = time.perf_counter()
                 if await self.one(body):
                     done += 1
@@ -358,7 +361,7 @@ def micro(review: dict) -> dict:
 
 
 def write_readme(results: list[dict], micro_r: dict, seconds: float) -> None:
-    ours, floor, server_only, replicas = results
+    ours, floor, server_only, replicas = results  # unique, floor, canned review(), rollout
     fs, so = floor["saturated"], server_only["saturated"]
     ok = lambda b: "met" if b else "MISSED"  # noqa: E731
     lines = [
@@ -371,14 +374,15 @@ def write_readme(results: list[dict], micro_r: dict, seconds: float) -> None:
         "bytes); every admission injects. Open loop: requests scheduled at a fixed rate, latency measured",
         "from the scheduled time. Saturated: 32 requests in flight, best of "
         f"{SATURATION_RUNS} runs. Two request mixes:",
-        "- **distinct pods**: every pod differs, so every admission runs `review()` (the worst case);",
-        "- **replica pods**: the same pod with a fresh uid, as when a ReplicaSet or Job scales up; the",
-        "  server answers repeats from its identical-request cache (`--review-cache`, on by default).",
+        "- **rollout pods** (the headline): the pods of 8 Deployments, interleaved, each with its own uid",
+        "  and service-account volume as kube-apiserver sends them; the server answers a workload's",
+        "  later pods from its answer cache (`--review-cache`, keyed by what `review()` reads);",
+        "- **unique pods** (the worst case): every pod has its own image tag, so every admission runs `review()`.",
         "",
         "Floor: a bare aiohttp handler over the same TLS that parses the same JSON with orjson and answers",
         "the same response bytes.",
         "",
-        "| load | distinct pods p50 / p99 | CPU / admission | replica pods p50 / p99 | CPU / admission | floor p50 / p99 | CPU / admission |",
+        "| load | unique pods p50 / p99 | CPU / admission | rollout pods p50 / p99 | CPU / admission | floor p50 / p99 | CPU / admission |",
         "|---|---|---|---|---|---|---|",
     ]
     for r, rr, f in zip(ours["open"], replicas["open"], floor["open"]):
@@ -394,7 +398,7 @@ def write_readme(results: list[dict], micro_r: dict, seconds: float) -> None:
     ratio, rratio = s["throughput"] / fs["throughput"], rs["throughput"] / fs["throughput"]
     lines += [
         "",
-        "| target | distinct pods | replica pods |",
+        "| target | unique pods | rollout pods |",
         "|---|---|---|",
         f"| p99 ≤ 10 ms at 500/s | {p500:.2f} ms: {ok(p500 <= 10)} | {r500:.2f} ms: {ok(r500 <= 10)} |",
         f"| ≥ 1,500/s saturated, one worker | {s['throughput']:.0f}/s: {ok(s['throughput'] >= 1500)} | "
@@ -405,7 +409,7 @@ def write_readme(results: list[dict], micro_r: dict, seconds: float) -> None:
         "validation, metrics, one JSON log line, the hot-reloading TLS context) with `review()` replaced by",
         f"a canned answer does {so['throughput']:.0f}/s saturated ({so['throughput'] / fs['throughput']:.2f} × floor; "
         f"{so['server_cpu_us']:.0f} µs CPU per admission against the",
-        f"floor's {fs['server_cpu_us']:.0f} µs). The rest of the distinct-pod cost is `review()` itself:",
+        f"floor's {fs['server_cpu_us']:.0f} µs). The rest of the unique-pod cost is `review()` itself:",
         "",
         "| step, per request (µs) | stdlib | chosen |",
         "|---|---|---|",
@@ -437,7 +441,7 @@ def main(argv: list[str]) -> int:
     fl.add_argument("--server-only", action="store_true", help="our server with a canned review()")
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each load step")
     p.add_argument("--no-readme", action="store_true", help="print only; leave bench/README.md alone")
-    p.add_argument("--only", choices=("webhook", "floor", "server-only", "replicas"), help="measure one server (implies --no-readme)")
+    p.add_argument("--only", choices=("unique", "floor", "server-only", "rollout"), help="measure one server (implies --no-readme)")
     args = p.parse_args(argv)
     if args.cmd == "floor":
         return floor_main(args)
@@ -466,10 +470,10 @@ def main(argv: list[str]) -> int:
         floor_cmd = [sys.executable, str(Path(__file__).resolve()), "floor", "--cert", str(t / "tls.crt"),
                      "--key", str(t / "tls.key"), "--response", str(t / "response.json")]
         for name, cmd, mix in (
-            ("webhook", webhook_cmd, "distinct"),
-            ("floor", floor_cmd, "distinct"),
-            ("server-only", [*floor_cmd, "--server-only"], "distinct"),
-            ("replicas", webhook_cmd, "replicas"),
+            ("unique", webhook_cmd, "unique"),
+            ("floor", floor_cmd, "unique"),
+            ("server-only", [*floor_cmd, "--server-only"], "unique"),
+            ("rollout", webhook_cmd, "rollout"),
         ):
             if args.only and name != args.only:
                 continue
@@ -482,8 +486,8 @@ def main(argv: list[str]) -> int:
         if args.only:
             return 0
         fl = results[1]["saturated"]["throughput"]
-        print("ratio to floor: distinct pods {:.2f}, replica pods {:.2f}, server without review() {:.2f}".format(
-            results[0]["saturated"]["throughput"] / fl, results[3]["saturated"]["throughput"] / fl, results[2]["saturated"]["throughput"] / fl))
+        print("ratio to floor: rollout pods {:.2f}, unique pods {:.2f}, server without review() {:.2f}".format(
+            results[3]["saturated"]["throughput"] / fl, results[0]["saturated"]["throughput"] / fl, results[2]["saturated"]["throughput"] / fl))
         if not args.no_readme:
             write_readme(results, micro_r, args.seconds)
     return 0

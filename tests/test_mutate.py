@@ -289,6 +289,10 @@ def test_path_policy_refusal_reaches_the_user():
       "object": {"metadata": {"annotations": {P + "path": "/x"}}, "spec": {"containers": "nope"}}}}, "invalid", False),
     ({"kind": "AdmissionReview", "request": {"uid": "u1", "kind": {"group": "", "kind": "Pod"},
       "object": {"metadata": {"annotations": {P + "path": "/x"}}}}}, "invalid", False),
+    # A volume name that is no string (found by the cache-key property test): no internal error.
+    ({"kind": "AdmissionReview", "request": {"uid": "u1", "kind": {"group": "", "kind": "Pod"}, "object": {
+      "metadata": {"annotations": {P + "path": "/x"}}, "spec": {"containers": [{"name": "a"}], "volumes": [{"name": ["x"]}]}}}},
+     "injected", True),
 ])
 def test_malformed_requests_get_clean_answers(body, decision, allowed):
     result = review(body, S)

@@ -30,11 +30,11 @@ def write_configmap(directory: Path, files: dict[str, str]) -> None:
     write_volume(directory, files)
 
 
-def admission(name: str = "api-5c9f7-") -> bytes:
+def admission(image: str = "ghcr.io/example/api:1") -> bytes:
     pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"generateName": name, "namespace": "apps",
+           "metadata": {"generateName": "api-5c9f7-", "namespace": "apps",
                         "annotations": {P + "path": "/api", P + "host": OTHER_HOST}},
-           "spec": {"serviceAccountName": "api", "containers": [{"name": "api", "image": "ghcr.io/example/api:1"}]}}
+           "spec": {"serviceAccountName": "api", "containers": [{"name": "api", "image": image}]}}
     return json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
         "uid": str(uuid.uuid4()), "kind": {"group": "", "version": "v1", "kind": "Pod"},
         "resource": {"group": "", "version": "v1", "resource": "pods"}, "namespace": "apps",
@@ -104,7 +104,7 @@ def test_configmap_update_takes_effect_and_broken_update_keeps_old(tmp_path: Pat
         failed = [json.loads(line) for line in w.log().splitlines() if '"settings_reload_failed"' in line]
         assert len(failed) == 1 and failed[0]["level"] == "error" and failed[0]["field"] == "default_policy", failed
         assert w.get("/readyz")[0] == 200
-        fresh = answer(admission("worker-6d8b-"))  # not cached: reviewed with the settings in use
+        fresh = answer(admission(image="ghcr.io/example/api:2"))  # another spec: not cached, reviewed with the settings in use
         assert fresh["allowed"] is True and "patch" in fresh, fresh
         assert answer()["allowed"] is True
 

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from tests import platform
 from tests.agent_support import stop_process
 from tests.reliability_support import make_ca, make_leaf  # certificates made here, independent of webhook/certs.py
+from tests.test_review_key import replica
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "admission"
@@ -505,7 +506,7 @@ async def test_a_bug_in_review_fails_closed_without_leaking(ca, client_ctx, tmp_
     assert LEAK_MARKER not in stream.getvalue() and LEAK_MARKER not in json.dumps(body)
 
 
-async def test_identical_replicas_share_one_review_but_keep_their_uid(server, client_ctx):
+async def test_replicas_share_one_review_but_keep_their_uid(server, client_ctx):
     doc = json.loads((FIXTURES / "deployment-pod-generatename-signal.json").read_text())
     answers = []
     async with aiohttp.ClientSession() as s:
@@ -515,8 +516,8 @@ async def test_identical_replicas_share_one_review_but_keep_their_uid(server, cl
             return float(next(l.rsplit(" ", 1)[1] for l in text.splitlines() if l.startswith('kms_injector_review_cache_total{result="hit"}')))
 
         before = await hits()
-        for _ in range(3):  # three replicas of one ReplicaSet: same object, fresh uid each
-            d = copy.deepcopy(doc)
+        for n in range(3):  # three replicas of one ReplicaSet: own uid, service-account volume, timestamps
+            d = replica(doc, n)
             d["request"]["uid"] = str(uuid.uuid4())
             status, body = await post(s, server.url, client_ctx, d)
             assert status == 200 and body["response"]["uid"] == d["request"]["uid"]

@@ -207,7 +207,7 @@ def _check_collisions(spec: dict, parsed: Parsed, facts: PodFacts) -> None:
         if ours in names:
             raise AnnotationError(STATUS, None, "", message=f"the pod already has a container named {ours!r} but no "
                                   f"{STATUS}: injected annotation; kms-injector reserves that name, rename the container")
-    vols = {v.get("name") for v in _list(spec.get("volumes"), "spec.volumes")}
+    vols = [v.get("name") for v in _list(spec.get("volumes"), "spec.volumes")]  # a list: a name may be any JSON
     for ours in OUR_VOLUMES:
         if ours in vols:
             raise AnnotationError(STATUS, None, "", message=f"the pod already has a volume named {ours!r}; kms-injector "

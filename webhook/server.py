@@ -40,7 +40,6 @@ from webhook.tls import CertReloader
 DEFAULT_MAX_BODY = 3 * 1024 * 1024  # kube-apiserver's own request limit; pods are far smaller
 ADMISSION_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-ANNOTATION_PREFIX = "kms.hanzo.ai/"  # webhook.annotations.PREFIX (not imported: keeps `--help` fast)
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -227,19 +226,6 @@ def _pod_name(doc: dict) -> str | None:
     return None
 
 
-def _ours(doc: dict) -> bool:
-    """Does the request's object carry any kms.hanzo.ai/* annotation (is it worth caching)?"""
-    obj = doc["request"].get("object")
-    meta = obj.get("metadata") if isinstance(obj, dict) else None
-    ann = meta.get("annotations") if isinstance(meta, dict) else None
-    if not isinstance(ann, dict):
-        return False
-    for k in ann:
-        if isinstance(k, str) and k.startswith(ANNOTATION_PREFIX):
-            return True
-    return False
-
-
 def _where(exc: BaseException) -> str:
     """file:line:function of the innermost frame: enough to find a bug, no values."""
     tb = traceback.extract_tb(exc.__traceback__)
@@ -250,22 +236,22 @@ def _where(exc: BaseException) -> str:
 
 
 class ReviewCache:
-    """Answers for AdmissionReviews seen before, keyed by the whole request minus its uid.
+    """Answers already given, keyed by what decides them (webhook.review_key): the pods of one
+    rollout or Job differ in their generated names, service-account volume, timestamps and labels,
+    none of which review() reads, so a scale-up to N pods costs one review() and N-1 lookups.
 
-    review() is pure in (request, settings) and settings are fixed until a reload (which clears
-    this cache: WebhookState.swap_settings), so the answer
-    to an identical request (every field of `request` but the uid, dryRun included, and the
-    apiVersion) is the same but for the echoed uid. That is the common case, not a benchmark
-    trick: every replica of a Deployment/ReplicaSet/Job reaches the webhook as the same pod object
-    (generateName, no name), so a scale-up to N pods costs one review() and N-1 lookups.
-
-    The key is the request's canonical JSON itself (compared exactly, no digest to trust).
-    Internal errors are never cached. Bounded LRU: at most `size` entries and `max_bytes` of keys
-    and answers together; a request or answer over `max_entry` bytes is not cached at all.
+    Settings are fixed until a reload, which clears this cache (WebhookState.swap_settings).
+    The key is compared exactly (no digest to trust). Internal errors are never cached. Bounded
+    LRU: at most `size` entries and `max_bytes` of keys and answers together; a request, key or
+    answer over `max_entry` bytes is not cached at all.
     """
 
     def __init__(self, size: int = 512, max_bytes: int = 16 << 20, max_entry: int = 256 << 10) -> None:
         from collections import OrderedDict
+
+        from webhook.review_key import review_key  # noqa: PLC0415 (lazy, like review(): keeps `--help` fast)
+
+        self._review_key = review_key
 
         self.size = size
         self.max_bytes = max_bytes
@@ -276,14 +262,7 @@ class ReviewCache:
         self.misses = 0
 
     def key(self, doc: dict, body_size: int = 0) -> bytes | None:
-        if body_size > self.max_entry:
-            return None
-        try:
-            request = {**doc["request"], "uid": ""}
-            raw = orjson.dumps([doc.get("apiVersion"), request])
-        except (TypeError, orjson.JSONEncodeError):  # e.g. integers beyond 64 bits: just don't cache
-            return None
-        return raw if len(raw) <= self.max_entry else None
+        return self._review_key(doc, self.max_entry) if body_size <= self.max_entry else None
 
     def clear(self) -> None:
         self.entries.clear()
@@ -345,14 +324,13 @@ def make_app(state: WebhookState) -> web.Application:
             metrics.bad_request(400)
             return _status(400, "BadRequest", problem)
         uid = doc["request"]["uid"]
-        # Pods without our annotations are answered by review()'s fast path in a few µs, cheaper
-        # than a cache key; leaving them out also keeps the cache for pods that inject.
-        key = cache.key(doc, len(body)) if cache is not None and _ours(doc) else None
+        key = cache.key(doc, len(body)) if cache is not None else None
         cached = cache.get(key) if key is not None else None
         cacheable = False
         if cached is not None:
-            template, decision, namespace, pod, warnings = cached
+            template, decision, namespace, warnings = cached
             response = {**template, "response": {**template["response"], "uid": uid}}
+            pod = _pod_name(doc)  # not in the key: each replica logs its own
         else:
             try:
                 result = review(doc, state.settings)  # the one settings read (hot reload swaps it)
@@ -377,7 +355,7 @@ def make_app(state: WebhookState) -> web.Application:
                 decision, out, cacheable = "error", dumps(_fail_closed(doc, uid)), False
                 log.error("response_unencodable", uid=uid)
         if cacheable:
-            cache.put(key, (response, decision, namespace, pod, warnings), len(out))  # type: ignore[union-attr]
+            cache.put(key, (response, decision, namespace, warnings), len(out))  # type: ignore[union-attr]
         elapsed = perf() - t0
         metrics.observe(decision, elapsed)
         log_admission("admission", uid=uid, namespace=namespace, pod=pod, decision=decision,
