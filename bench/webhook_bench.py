@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 RATES = (100, 500, 1000)
 SATURATION_CONCURRENCY = 32
 CONNECTIONS = 64
-SATURATION_RUNS = 3
+SATURATION_ROUNDS = 7
 WORKLOADS = 8  # Deployments rolling out at once in the rollout mix
 
 
@@ -281,7 +281,7 @@ class Load:
                 "p99_ms": pct(latencies, 99) * 1000, "concurrency": concurrency}
 
 
-async def measure(name: str, port: int, pid: int, ctx: ssl.SSLContext, review: dict, seconds: float, mix: str) -> dict:
+async def open_loops(name: str, port: int, pid: int, ctx: ssl.SSLContext, review: dict, seconds: float, mix: str) -> dict:
     load = Load(port, ctx, copy.deepcopy(review), mix)
     out: dict = {"name": name, "open": [], "saturated": None}
     await load.connect(CONNECTIONS)
@@ -293,25 +293,48 @@ async def measure(name: str, port: int, pid: int, ctx: ssl.SSLContext, review: d
             r["server_cpu_us"] = (cpu_seconds(pid) - c0) / max(1, r["ok"]) * 1e6
             r["client_cpu"] = (time.process_time() - me0) / seconds
             out["open"].append(r)
-            print(f"  {name:8} {rate:5}/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
+            print(f"  {name:11} {rate:5}/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
                   f"ok {r['ok']}/{r['sent']}  server CPU {r['server_cpu_us']:.0f} µs/admission  "
                   f"load generator {r['client_cpu']:.2f} cores", flush=True)
-        # Best of three: on a shared 2-core machine other work steals the core at random moments.
-        runs = []
-        for _ in range(SATURATION_RUNS):
-            c0, me0 = cpu_seconds(pid), time.process_time()
-            s = await load.saturate(seconds, SATURATION_CONCURRENCY)
-            s["server_cpu"] = (cpu_seconds(pid) - c0) / seconds
-            s["client_cpu"] = (time.process_time() - me0) / seconds
-            s["server_cpu_us"] = s["server_cpu"] / max(1.0, s["throughput"]) * 1e6
-            runs.append(s)
-        s = max(runs, key=lambda r: r["throughput"])
-        s["all_runs"] = [round(r["throughput"]) for r in runs]
-        out["saturated"] = s
-        print(f"  {name:8} saturated {s['throughput']:7.0f}/s  runs {s['all_runs']}  (server CPU {s['server_cpu']:.2f} cores, "
-              f"load generator {s['client_cpu']:.2f} cores, errors {s['errors']})", flush=True)
     finally:
         load.close()
+    return out
+
+
+async def saturation_rounds(servers: list[tuple[str, int, int, str]], ctx: ssl.SSLContext, review: dict,
+                            seconds: float, rounds: int) -> dict[str, dict]:
+    """Saturate each server in turn, round after round, so every ratio compares runs made a few
+    seconds apart: on a shared machine the background load changes from minute to minute, and
+    one server measured a minute after another is a different machine."""
+    loads = {}
+    for name, port, _, mix in servers:
+        loads[name] = Load(port, ctx, copy.deepcopy(review), mix)
+        await loads[name].connect(SATURATION_CONCURRENCY)
+    runs: dict[str, list[dict]] = {name: [] for name, *_ in servers}
+    try:
+        for k in range(rounds):
+            for name, _, pid, _ in servers:
+                await loads[name].saturate(0.3, SATURATION_CONCURRENCY)  # warm this server's caches again
+                c0, me0 = cpu_seconds(pid), time.process_time()
+                s = await loads[name].saturate(seconds, SATURATION_CONCURRENCY)
+                s["server_cpu"] = (cpu_seconds(pid) - c0) / seconds
+                s["client_cpu"] = (time.process_time() - me0) / seconds
+                s["server_cpu_us"] = s["server_cpu"] / max(1.0, s["throughput"]) * 1e6
+                runs[name].append(s)
+            print(f"  round {k + 1}/{rounds}: " + ", ".join(f"{n} {r[-1]['throughput']:.0f}/s" for n, r in runs.items()), flush=True)
+    finally:
+        for load in loads.values():
+            load.close()
+    out = {}
+    for name, rs in runs.items():
+        out[name] = {"throughput": statistics.median(r["throughput"] for r in rs),
+                     "server_cpu_us": statistics.median(r["server_cpu_us"] for r in rs),
+                     "errors": sum(r["errors"] for r in rs), "all_runs": [round(r["throughput"]) for r in rs]}
+    floor = runs["floor"]
+    for name, rs in runs.items():
+        # Per round, then the median: a ratio of two numbers taken seconds apart.
+        out[name]["ratio"] = statistics.median(r["throughput"] / f["throughput"] for r, f in zip(rs, floor))
+        out[name]["cpu_ratio"] = statistics.median(f["server_cpu_us"] / r["server_cpu_us"] for r, f in zip(rs, floor))
     return out
 
 
@@ -372,8 +395,8 @@ def write_readme(results: list[dict], micro_r: dict, seconds: float) -> None:
         "generator (a minimal asyncio HTTP/1.1 client) in a separate process on the same 2-core machine.",
         f"Request: a Deployment's pod with two containers and `kms.hanzo.ai/path` + `signal` ({micro_r['body_bytes']}",
         "bytes); every admission injects. Open loop: requests scheduled at a fixed rate, latency measured",
-        "from the scheduled time. Saturated: 32 requests in flight, best of "
-        f"{SATURATION_RUNS} runs. Two request mixes:",
+        f"from the scheduled time. Saturated: 32 requests in flight, {len(fs['all_runs'])} rounds in which each server takes",
+        "its turn (so each ratio compares runs seconds apart), medians. Two request mixes:",
         "- **rollout pods** (the headline): the pods of 8 Deployments, interleaved, each with its own uid",
         "  and service-account volume as kube-apiserver sends them; the server answers a workload's",
         "  later pods from its answer cache (`--review-cache`, keyed by what `review()` reads);",
@@ -395,7 +418,7 @@ def write_readme(results: list[dict], micro_r: dict, seconds: float) -> None:
                  f"{fs['throughput']:.0f}/s (runs {fs['all_runs']}) | {fs['server_cpu_us']:.0f} µs |")
     p500 = {r["rate"]: r for r in ours["open"]}[500]["p99_ms"]
     r500 = {r["rate"]: r for r in replicas["open"]}[500]["p99_ms"]
-    ratio, rratio = s["throughput"] / fs["throughput"], rs["throughput"] / fs["throughput"]
+    ratio, rratio = s["ratio"], rs["ratio"]
     lines += [
         "",
         "| target | unique pods | rollout pods |",
@@ -407,7 +430,7 @@ def write_readme(results: list[dict], micro_r: dict, seconds: float) -> None:
         "",
         "Where the time goes: the same server (`webhook.server.make_app`: content checks, envelope",
         "validation, metrics, one JSON log line, the hot-reloading TLS context) with `review()` replaced by",
-        f"a canned answer does {so['throughput']:.0f}/s saturated ({so['throughput'] / fs['throughput']:.2f} × floor; "
+        f"a canned answer does {so['throughput']:.0f}/s saturated ({so['ratio']:.2f} × floor; "
         f"{so['server_cpu_us']:.0f} µs CPU per admission against the",
         f"floor's {fs['server_cpu_us']:.0f} µs). The rest of the unique-pod cost is `review()` itself:",
         "",
@@ -441,7 +464,8 @@ def main(argv: list[str]) -> int:
     fl.add_argument("--server-only", action="store_true", help="our server with a canned review()")
     p.add_argument("--seconds", type=float, default=5.0, help="duration of each load step")
     p.add_argument("--no-readme", action="store_true", help="print only; leave bench/README.md alone")
-    p.add_argument("--only", choices=("unique", "floor", "server-only", "rollout"), help="measure one server (implies --no-readme)")
+    p.add_argument("--only", choices=("unique", "server-only", "rollout"), help="measure one server and the floor (implies --no-readme)")
+    p.add_argument("--rounds", type=int, default=SATURATION_ROUNDS, help="interleaved saturation rounds")
     args = p.parse_args(argv)
     if args.cmd == "floor":
         return floor_main(args)
@@ -469,27 +493,32 @@ def main(argv: list[str]) -> int:
                        "--tls-cert", str(t / "tls.crt"), "--tls-key", str(t / "tls.key")]
         floor_cmd = [sys.executable, str(Path(__file__).resolve()), "floor", "--cert", str(t / "tls.crt"),
                      "--key", str(t / "tls.key"), "--response", str(t / "response.json")]
-        for name, cmd, mix in (
-            ("unique", webhook_cmd, "unique"),
-            ("floor", floor_cmd, "unique"),
-            ("server-only", [*floor_cmd, "--server-only"], "unique"),
-            ("rollout", webhook_cmd, "rollout"),
-        ):
-            if args.only and name != args.only:
-                continue
-            proc, port = start(cmd, t / f"{name}.log")
-            try:
-                results.append(asyncio.run(measure(name, port, proc.pid, ctx, review, args.seconds, mix)))
-            finally:
+        plan = [("unique", webhook_cmd, "unique"), ("floor", floor_cmd, "unique"),
+                ("server-only", [*floor_cmd, "--server-only"], "unique"), ("rollout", webhook_cmd, "rollout")]
+        if args.only:
+            plan = [p for p in plan if p[0] in (args.only, "floor")]
+        procs = []
+        try:
+            servers = []
+            for name, cmd, mix in plan:
+                proc, port = start(cmd, t / f"{name}.log")
+                procs.append(proc)
+                servers.append((name, port, proc.pid, mix))
+            results = {name: asyncio.run(open_loops(name, port, pid, ctx, review, args.seconds, mix))
+                       for name, port, pid, mix in servers}
+            saturated = asyncio.run(saturation_rounds(servers, ctx, review, args.seconds / 2, args.rounds))
+        finally:
+            for proc in procs:
                 proc.terminate()
                 proc.wait(15)
-        if args.only:
+        for name, sat in saturated.items():
+            results[name]["saturated"] = sat
+            print(f"  {name:11} saturated median {sat['throughput']:7.0f}/s  runs {sat['all_runs']}  "
+                  f"{sat['server_cpu_us']:.0f} µs CPU/admission  ratio to floor {sat['ratio']:.2f} "
+                  f"(by CPU {sat['cpu_ratio']:.2f})  errors {sat['errors']}", flush=True)
+        if args.only or args.no_readme:
             return 0
-        fl = results[1]["saturated"]["throughput"]
-        print("ratio to floor: rollout pods {:.2f}, unique pods {:.2f}, server without review() {:.2f}".format(
-            results[3]["saturated"]["throughput"] / fl, results[0]["saturated"]["throughput"] / fl, results[2]["saturated"]["throughput"] / fl))
-        if not args.no_readme:
-            write_readme(results, micro_r, args.seconds)
+        write_readme([results[n] for n in ("unique", "floor", "server-only", "rollout")], micro_r, args.seconds)
     return 0
 
 

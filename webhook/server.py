@@ -428,7 +428,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="auto mode: this replica's Lease holder identity (default: POD_NAME, then hostname)")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY, help=f"largest accepted AdmissionReview (default {DEFAULT_MAX_BODY})")
     p.add_argument("--review-cache", type=int, default=512,
-                   help="remember answers to this many distinct pods (replicas of one Deployment are identical); 0 disables")
+                   help="remember this many answers, keyed by what decides them, so the pods of one rollout are reviewed "
+                        "once (webhook/review_key.py); 0 disables")
     p.add_argument("--shutdown-delay", type=float, default=0.0,
                    help="seconds to keep serving (unready) after SIGTERM, so endpoints drop us first")
     args = p.parse_args(argv)
