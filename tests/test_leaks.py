@@ -80,7 +80,8 @@ async def test_agent_flows_never_leak_values_secrets_or_tokens(tmp_path: Path, c
         async def init_ok() -> dict:
             p = spawn(agent_args(url, tmp_path / "m-init", tmp_path / "auth", mode="init"), tmp_path, "init-ok")
             assert await p.wait_exit(60) == 0, p.stderr()[-1500:]
-            assert read_folder(tmp_path / "m-init")["API_KEY"] == VALUES["/chat"]["API_KEY"]
+            # DATABASE_URL: the sidecar flow below rotates API_KEY concurrently.
+            assert read_folder(tmp_path / "m-init")["DATABASE_URL"] == VALUES["/chat"]["DATABASE_URL"]
             return {"init ok": p.stderr() + p.stdout()}
 
         async def init_wrong_secret() -> dict:

@@ -16,6 +16,7 @@ What review() reads, and so what the key keeps (mutate.py, annotations.py):
   compare with our own reserved volume names (a reserved name is kept as it is), and patches
   address containers and volumes by index or `/-`, never by name.
 metadata.name/generateName are read only for the log line, which the server takes per request.
+A StatefulSet's pods still get a key each (spec.hostname, claim names): they start one at a time.
 
 Anything of an unexpected shape gets no key (None): review() refuses or handles it on its own.
 """
