@@ -20,11 +20,13 @@ health server only when a port is set.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import os
 import random
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -419,9 +421,35 @@ def build_agent(config: AgentConfig, log: Logger) -> Agent:
     return agent
 
 
+class _DaemonThreads(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor: one daemon thread per call, never joined.
+
+    asyncio resolves host names with getaddrinfo() in its default executor, and asyncio.run()
+    joins that executor at exit: with a dead cluster DNS, a lookup that cannot be cancelled held
+    a SIGTERM'd agent for as long as the resolver retries (minutes), until kubelet's SIGKILL.
+    Lookups are rare (one per new connection), so a thread each costs nothing that matters."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def work() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:  # handed to the awaiting coroutine
+                    future.set_exception(exc)
+
+        threading.Thread(target=work, name="kms-agent-lookup", daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass  # nothing to join: a stuck lookup dies with the process
+
+
 async def run(config: AgentConfig, log: Logger) -> int:
     agent = build_agent(config, log)
     loop = asyncio.get_running_loop()
+    loop.set_default_executor(_DaemonThreads())
     main_task = asyncio.current_task()
     assert main_task is not None
     stopping: list[str] = []
