@@ -105,7 +105,7 @@ def _paths(node: Any, at: tuple = ()) -> list[tuple]:
 
 @given(body=bodies(), which=st.integers(0, len(SETTINGS) - 1), data=st.data())
 @FUZZ
-def test_equal_keys_mean_equal_answers(body, which, data) -> None:
+def test_fuzz_equal_keys_mean_equal_answers(body, which, data) -> None:
     if _envelope_error(body) is not None or review_key(body, MAX) is None:
         return
     other = copy.deepcopy(body)
