@@ -42,7 +42,7 @@ async def test_sigterm_during_a_hanging_dns_lookup_exits_at_once(tmp_path: Path)
         code = await p.wait_exit(20)
         elapsed = time.monotonic() - t0
         assert code == 0, p.stderr()[-1500:]
-        assert elapsed < 3, f"exit took {elapsed:.1f}s after SIGTERM with DNS hanging"
+        assert elapsed < 5, f"exit took {elapsed:.1f}s after SIGTERM with DNS hanging"
         assert any(e.get("event") == "stopping" for e in p.events()), p.stderr()[-1500:]
     finally:
         p.stop()
