@@ -89,6 +89,7 @@ class Agent:
     _dirty: bool = field(default=False, init=False)  # fetched content not yet written
     _wake: asyncio.Event | None = field(default=None, init=False)
     _wake_reason: str = field(default="", init=False)
+    written: bool = field(default=False, init=False)  # a complete version is on disk (before notify runs)
     _triggers: list[Trigger] = field(default_factory=list, init=False)
     _health: _Health = field(default_factory=_Health, init=False)
     _rejected: tuple[bytes, int] = field(default=(b"", 0), init=False)  # (credentials digest, refusals)
@@ -151,6 +152,7 @@ class Agent:
             return False
         changed = self._render_and_write()
         self._dirty = False
+        self.written = True
         if changed:
             self.metrics.changes_total += 1
             await self._notify()
@@ -498,8 +500,9 @@ async def run(config: AgentConfig, log: Logger) -> int:
     except asyncio.CancelledError:
         if not stopping:
             raise
-        # SIGTERM/SIGINT: the sidecar's job is done; an init that never synced did not succeed.
-        return 0 if (config.mode == "sidecar" or agent.metrics.ready) else 1
+        # SIGTERM/SIGINT: the sidecar's job is done; an init succeeded once its files are written,
+        # even if the signal cut the notify command that followed.
+        return 0 if (config.mode == "sidecar" or agent.written) else 1
     finally:
         closing.append(True)
         try:

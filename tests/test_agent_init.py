@@ -228,3 +228,25 @@ async def test_sigterm_while_init_closes_its_connection_after_success_exits_0(tm
             landed += 1
             break
     assert landed, "no SIGTERM landed while the agent was closing, in 3 runs"
+
+
+async def test_sigterm_during_the_init_command_exits_0_with_the_files_written(kms, tmp_path: Path) -> None:
+    """The files are written before the command runs: a SIGTERM cutting the command (the pod is
+    going away) leaves a finished init, exit 0, not a failed one."""
+    import signal as _signal
+
+    from tests.agent_support import wait_for
+
+    write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
+    mount, marker = tmp_path / "secrets", tmp_path / "command-started"
+    agent = spawn(agent_args(kms.base_url, mount, tmp_path / "auth", "--command", f"sh -c 'touch {marker}; sleep 60'",
+                             mode="init"), tmp_path, "init-command")
+    try:
+        await wait_for(lambda: marker.exists() or agent.popen.poll() is not None, 30, "the command to start")
+        assert marker.exists(), agent.stderr()[-2000:]
+        agent.popen.send_signal(_signal.SIGTERM)
+        assert await agent.wait_exit(30) == 0, agent.stderr()[-2000:]
+    finally:
+        agent.stop()
+    assert read_folder(mount) == {**SHARED, **CHAT}
+    assert agent.events("stopping") and "Traceback" not in agent.stderr()
