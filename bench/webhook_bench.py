@@ -2,13 +2,16 @@
 
     .venv/bin/python bench/webhook_bench.py [--seconds 5] [--no-readme]
 
-Starts two servers as subprocesses on 127.0.0.1 (this process is only the load generator):
-  - `kms-injector webhook` (the real thing: settings defaults, TLS, logging to a file), and
+Starts the servers as subprocesses on 127.0.0.1 (this process is only the load generator):
+  - `kms-injector webhook` (the real thing: settings defaults, TLS, logging to a file), loaded with
+    unique pods (every admission runs review()) and, separately, with rollout pods (8 workloads);
   - the floor: a bare aiohttp handler over the same TLS that parses the same AdmissionReview with
-    orjson and answers the same response bytes (uid echoed, the same base64 patch).
+    orjson and answers the same response bytes (uid echoed, the same base64 patch);
+  - our server with a canned review(), to show what the server costs without the mutation.
 For each: open-loop fixed-rate load (requests scheduled at t0 + i/rate, latency measured from the
-scheduled time, so a stalled server is not hidden by a waiting client) at 100, 500 and 1,000/s,
-then a saturated closed loop. Writes the "Webhook" section of bench/README.md.
+scheduled time, so a stalled server is not hidden by a waiting client) at 100, 500 and 1,000/s.
+Then rounds of saturated closed-loop load, each server in turn, so ratios compare runs taken
+seconds apart. Writes the "Webhook" section of bench/README.md.
 """
 
 from __future__ import annotations
