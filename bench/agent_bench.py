@@ -25,7 +25,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -34,6 +33,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from host import describe_host  # bench/ is on sys.path (script or bench/run.py)
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -297,18 +298,6 @@ def _ok(url: str) -> bool:
 
 # -- report ----------------------------------------------------------------------------------------
 
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, Linux {platform.release()}, Python {platform.python_version()}"
-
-
 def report(ours: dict, peer: dict | None, runs: int, window: float) -> str:
     def med(xs: list[float]) -> float:
         return statistics.median(xs)
@@ -328,7 +317,7 @@ def report(ours: dict, peer: dict | None, runs: int, window: float) -> str:
     lines = [
         "## Agent",
         "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()}, by `python bench/agent_bench.py`",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {describe_host()}, by `python bench/agent_bench.py`",
         f"(`make bench`): {runs} init runs each, interleaved; sidecars at a {INTERVAL} s interval, RSS after 3 cycles, CPU over a",
         f"{window:g} s window ({ours['cycles']} cycles ours, {peer['cycles'] if peer else '-'} bao). 8 secrets in one folder; local servers",
         "(our dev KMS, `bao server -dev`) on the same machine. Ratio = ours / bao (below 1 is better).",

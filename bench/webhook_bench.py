@@ -22,7 +22,6 @@ import copy
 import datetime as dt
 import json
 import os
-import platform
 import random
 import re
 import ssl
@@ -33,6 +32,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from host import describe_host  # bench/ is on sys.path (script or bench/run.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -59,18 +60,6 @@ def realistic_review() -> dict:
     shipper.pop("readinessProbe", None)
     pod["spec"]["containers"].append(shipper)
     return doc
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} × {model}, Linux {platform.release()}, Python {platform.python_version()}"
 
 
 # --- the floor server ----------------------------------------------------------------------------
@@ -217,8 +206,8 @@ class Load:
                 for m in c.get("volumeMounts") or []:
                     if m["name"].startswith("kube-api-access-"):
                         m["name"] = "kube-api-access-@@SA@@"
-            assert b"@@SA@@" in json.dumps(self.template).encode()
             self._tmpl = json.dumps(self.template).encode()
+            assert b"@@SA@@" in self._tmpl, "the pod has no kube-api-access volume to vary"
         tag = os.urandom(5).hex() if self.mix == "unique" else f"{random.randrange(WORKLOADS):010x}"
         return (self._tmpl.replace(b"@@UID@@", str(uuid.uuid4()).encode()).replace(b"@@TAG@@", tag.encode())
                 .replace(b"@@SA@@", os.urandom(3).hex()[:5].encode()))
@@ -393,7 +382,7 @@ def write_readme(results: list[dict], micro_r: dict, seconds: float) -> None:
     lines = [
         "## Webhook",
         "",
-        f"Measured {dt.date.today().isoformat()} on {machine()}, by `bench/webhook_bench.py`",
+        f"Measured {dt.date.today().isoformat()} on {describe_host()}, by `bench/webhook_bench.py`",
         f"({seconds:g} s per step). One webhook worker over TLS 1.3 keep-alive (64 connections), the load",
         "generator (a minimal asyncio HTTP/1.1 client) in a separate process on the same 2-core machine.",
         f"Request: a Deployment's pod with two containers and `kms.hanzo.ai/path` + `signal` ({micro_r['body_bytes']}",
