@@ -121,7 +121,7 @@ def summary(xs: list[float]) -> dict:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    from injector.devserver import run_dev_kms
+    from devkms import run_dev_kms
 
     poll_names = [f"poll{i}" for i in range(args.agents)]
     idle_names = ["idle-events-60s", "idle-poll-60s", "idle-poll-5s"]

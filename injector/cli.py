@@ -13,8 +13,8 @@ COMMANDS = {
     "agent": ("injector.agent", "main", "run the in-pod agent (init or sidecar mode)"),
     "webhook": ("webhook.server", "main", "run the mutating admission webhook over HTTPS"),
     "inject": ("webhook.inject", "main", "mutate manifests offline, exactly as the webhook would"),
-    "dev-server": ("injector.devserver.cli", "main", "run a local KMS that speaks the KMS API"),
-    "demo": ("injector.demo", "main", "dev KMS + agent + example app: a rotation end to end"),
+    "dev-server": ("devkms.cli", "main", "run a local KMS that speaks the KMS API"),
+    "demo": ("devkms.demo", "main", "dev KMS + agent + example app: a rotation end to end"),
 }
 
 

@@ -1,5 +1,5 @@
 """Shared fixtures: a dev KMS in-process (`dev_kms`, `dev_kms_factory`) and as a real subprocess
-(`dev_server_process`). The tiny seed is injector.devserver.tiny_seed() (see its docstring)."""
+(`dev_server_process`). The tiny seed is devkms.tiny_seed() (see its docstring)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from injector.devserver import run_dev_kms, tiny_seed
+from devkms import run_dev_kms, tiny_seed
 from tests.agent_support import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from injector.devserver.server import run_dev_kms
+from devkms.server import run_dev_kms
 from tests.agent_support import (
     AGENT, BILLING, CHAT, CLIENT_ID, CLIENT_SECRET, ENV, PROJECT, SHARED, agent_args, read_folder, seed, spawn,
     write_credentials,

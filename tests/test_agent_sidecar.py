@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from injector.devserver.server import run_dev_kms
+from devkms.server import run_dev_kms
 from tests.agent_support import (
     CHAT, CLIENT_ID, CLIENT_SECRET, ENV, IDENTITY, PROJECT, SHARED, agent_args, aget, app_reloads,
     free_port, init_then_app, metric, metrics, read_folder, seed, spawn, wait_for, write_credentials,

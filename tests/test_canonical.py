@@ -104,7 +104,7 @@ async def test_client_canonical_backend_detects_once_hashes_and_relogs_in(tmp_pa
     import asyncio
     import io
 
-    from injector.devserver import run_dev_kms
+    from devkms import run_dev_kms
     from injector.kms import KmsClient
     from injector.kms.auth import UniversalAuthFiles
     from injector.kms.errors import InvalidCredentials, NotFound

@@ -123,7 +123,7 @@ async def test_stop_ends_open_streams_quickly(dev_kms):
 # ---- kubernetes auth ---------------------------------------------------------------------------
 
 def k8s_seed() -> dict:
-    from injector.devserver import tiny_seed
+    from devkms import tiny_seed
 
     seed = tiny_seed()
     seed["identities"][0].update(id="svc-identity-id", kubernetes={"serviceAccounts": ["hanzo:*"]})

@@ -32,7 +32,7 @@ ROUTES = [("POST", "/v1/auth/universal-auth/login"), ("POST", "/v1/auth/token/re
 
 def test_fuzz_bodies_never_500(dev_server_process, tmp_path):
     seed = tmp_path / "seed.json"
-    from injector.devserver import tiny_seed
+    from devkms import tiny_seed
 
     seed.write_text(json.dumps(tiny_seed()))  # JSON is YAML
     srv = dev_server_process("--seed", str(seed), "--test-hooks", "--lockout-seconds", "0", "--api", "both")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jsonpatch
 
-from injector.devserver.server import run_dev_kms
+from devkms.server import run_dev_kms
 from webhook.mutate import review
 from webhook.settings import settings_from_dict
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from injector.devserver.server import run_dev_kms
+from devkms.server import run_dev_kms
 from injector.event_trigger import Debouncer
 from injector.kms.events import SseParser, match_event, registrations
 from tests.agent_support import (

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from injector.devserver.server import run_dev_kms
+from devkms.server import run_dev_kms
 from tests.agent_support import (
     CLIENT_ID, CLIENT_SECRET, ENV, PROJECT, agent_args, read_folder, seed, serve_app, spawn, wait_for, write_credentials,
 )

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 
-from injector.devserver.server import run_dev_kms
+from devkms.server import run_dev_kms
 from tests.agent_support import (
     CHAT, ENV, PROJECT, SHARED, agent_args, make_jwt, read_folder, seed, spawn, wait_for, write_volume,
 )

@@ -1,6 +1,6 @@
-"""The KMS client against the real dev KMS (injector.devserver) over HTTP on 127.0.0.1.
+"""The KMS client against the real dev KMS (devkms) over HTTP on 127.0.0.1.
 
-Seed: injector.devserver.tiny_seed(): project test-proj, /app imports /shared; identities svc
+Seed: devkms.tiny_seed(): project test-proj, /app imports /shared; identities svc
 (all of test-proj), reader (prod /app/** only), iam; clientSecret = "<name>-secret".
 """
 
@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from injector.backoff import Backoff
-from injector.devserver import Fault
+from devkms import Fault
 from injector.kms import KmsClient, retrying
 from injector.kms.auth import KubernetesAuthFile, UniversalAuthFiles
 from injector.kms.errors import (
@@ -424,7 +424,7 @@ async def test_kubernetes_auth_rereads_token_file(dev_kms_factory: Any, tmp_path
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from injector.devserver import tiny_seed
+    from devkms import tiny_seed
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()

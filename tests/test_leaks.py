@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from injector.devserver.server import run_dev_kms
+from devkms.server import run_dev_kms
 from tests.agent_support import agent_args, free_port, metric, metrics, read_folder, spawn, wait_for, write_credentials
 from tests.conftest import start_dev_server
 

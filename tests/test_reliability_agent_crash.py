@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from injector.devserver.server import run_dev_kms
+from devkms.server import run_dev_kms
 from injector.writer import DATA, read_current
 from tests.agent_support import CLIENT_ID, CLIENT_SECRET, ENV, PROJECT, agent_args, seed, spawn, write_credentials
 from tests.test_reader_consistency import assert_clean, check, payload, start_reader, stop_reader

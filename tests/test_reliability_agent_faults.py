@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable
 
 import aiohttp
 
-from injector.devserver.server import run_dev_kms
+from devkms.server import run_dev_kms
 from tests.agent_support import (
     CHAT, CLIENT_ID, CLIENT_SECRET, ENV, IDENTITY, PROJECT, SHARED, agent_args, free_port, metric, metrics, read_folder,
     seed, spawn, wait_for, write_credentials,

@@ -2,13 +2,13 @@
 
 In-process use (tests, demo)::
 
-    from injector.devserver import run_dev_kms, tiny_seed
+    from devkms import run_dev_kms, tiny_seed
     async with run_dev_kms(seed=tiny_seed(), token_ttl=2, max_ttl=5) as kms:
         kms.base_url            # "http://127.0.0.1:PORT/api"
         kms.set_secret("test-proj", "prod", "/app", "API_KEY", "v2")
         await kms.stop(); await kms.start()   # outage on the same port
 
-Test hooks (/api/_dev/...) are documented in injector/devserver/api.py and docs/dev-server.md.
+Test hooks (/api/_dev/...) are documented in devkms/api.py and docs/dev-server.md.
 """
 
 from .api import build_app
