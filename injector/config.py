@@ -106,6 +106,9 @@ class Source:
 
     path: str
     subdir: str = ""
+    # Key names to read one by one, for a canonical server with no list route (annotation
+    # kms.hanzo.ai/keys[-NAME]); empty = list the folder.
+    keys: tuple[str, ...] = ()
 
 
 @dataclass
@@ -134,6 +137,18 @@ class AgentConfig:
     command: list[str] = field(default_factory=list)
     command_timeout: float = 30.0
     health_port: int = 0  # 0 = no health server
+    # Infisical API: expand ${KEY} references server-side (the operator always asked for it).
+    expand_references: bool = True
+    # A folder that yields no secrets fails init (a typo in path/env answers 200 with nothing).
+    allow_empty: bool = False
+    organization_slug: str = ""  # optional organizationSlug sent at login (Infisical API)
+    ca_file: str = ""  # PEM bundle trusted for https hosts, as mounted in the agent containers
+    # The change relay (kms-injector relay): where to subscribe, the CA its certificate chains to
+    # (PEM text: not a secret) and the projected token (audience: the relay) proving the pod.
+    relay_url: str = ""
+    relay_ca: str = ""
+    relay_token_path: str = ""
+    relay_poll_factor: float = 10.0  # the safety-net poll is stretched this much while the relay is up
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -190,6 +205,22 @@ class AgentConfig:
             raise ConfigError("command", "must be a list of strings (argv)")
         if isinstance(self.health_port, bool) or not isinstance(self.health_port, int) or not 0 <= self.health_port <= 65535:
             raise ConfigError("health_port", f"{_short(self.health_port)!r} is not a port (0 disables)")
+        for name in ("organization_slug", "ca_file", "relay_url", "relay_ca", "relay_token_path"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or "\x00" in value:
+                raise ConfigError(name, f"{_short(value)!r} must be a string")
+        if self.organization_slug and not _SLUG.match(self.organization_slug):
+            raise ConfigError("organization_slug", f"{_short(self.organization_slug)!r} is not an organization slug ([A-Za-z0-9_.-], up to 64)")
+        if self.relay_url:
+            _check_relay_url(self.relay_url)
+            if not self.relay_token_path:
+                raise ConfigError("relay_token_path", "is required when relay_url is set")
+        if isinstance(self.relay_poll_factor, bool) or not isinstance(self.relay_poll_factor, (int, float)) or not 1 <= self.relay_poll_factor <= 100:
+            raise ConfigError("relay_poll_factor", f"{_short(self.relay_poll_factor)!r} is out of range; use 1 to 100")
+        for i, src in enumerate(self.sources):
+            for key in src.keys:
+                if not isinstance(key, str) or not key or "\x00" in key or "," in key:
+                    raise ConfigError(f"sources[{i}].keys", f"{_short(key)!r} is not a key name")
         if self.version != CONFIG_VERSION:
             raise ConfigError("version", f"{self.version!r} is not supported; this agent reads version {CONFIG_VERSION}")
 
@@ -200,7 +231,8 @@ class AgentConfig:
         data = dict(self.__dict__)  # the fields, unless someone hung other attributes on self
         if data.keys() != _FIELD_SET:
             data = {name: getattr(self, name) for name in _FIELD_NAMES}
-        data["sources"] = [{"path": s.path, "subdir": s.subdir} for s in self.sources]
+        data["sources"] = [{"path": s.path, "subdir": s.subdir, **({"keys": list(s.keys)} if s.keys else {})}
+                           for s in self.sources]
         data["templates"] = dict(self.templates)
         data["command"] = list(self.command)
         data["file_mode"] = f"{self.file_mode:04o}"
@@ -230,7 +262,7 @@ class AgentConfig:
             kwargs["command"] = shlex.split(kwargs["command"])
         if "file_mode" in kwargs:
             kwargs["file_mode"] = parse_file_mode(kwargs["file_mode"])
-        for name in ("include_imports", "events"):
+        for name in ("include_imports", "events", "expand_references", "allow_empty"):
             if name in kwargs and not isinstance(kwargs[name], bool):
                 raise ConfigError(name, f"{_short(kwargs[name])!r} must be true or false")
         for name in ("project", "env", "host", "mode", "api", "auth", "format", "signal", "signal_process", "identity_id"):
@@ -278,13 +310,30 @@ def _sources(value: Any) -> list[Source]:
         if isinstance(item, str):
             out.append(Source(path=item))
         elif isinstance(item, dict) and isinstance(item.get("path"), str) and isinstance(item.get("subdir", ""), str):
-            extra = set(item) - {"path", "subdir"}
+            extra = set(item) - {"path", "subdir", "keys"}
             if extra:
-                raise ConfigError(f"sources[{i}]", f"unknown field {sorted(extra)[0]!r}; accepted: path, subdir")
-            out.append(Source(path=item["path"], subdir=item.get("subdir", "")))
+                raise ConfigError(f"sources[{i}]", f"unknown field {sorted(extra)[0]!r}; accepted: path, subdir, keys")
+            keys = item.get("keys", ())
+            if isinstance(keys, str):
+                keys = [k.strip() for k in keys.split(",") if k.strip()]
+            if not isinstance(keys, (list, tuple)) or not all(isinstance(k, str) for k in keys):
+                raise ConfigError(f"sources[{i}].keys", "must be a list of key names")
+            out.append(Source(path=item["path"], subdir=item.get("subdir", ""), keys=tuple(keys)))
         else:
-            raise ConfigError(f"sources[{i}]", "must be {path: /folder, subdir: NAME}")
+            raise ConfigError(f"sources[{i}]", "must be {path: /folder, subdir: NAME, keys: [NAME, ...]}")
     return out
+
+
+def _check_relay_url(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port
+    except ValueError:
+        raise ConfigError("relay_url", f"{_short(url)!r} is not a URL; use https://HOST[:PORT]") from None
+    if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
+        raise ConfigError("relay_url", f"{_short(url)!r} is not accepted; use https://HOST[:PORT] (the relay is always TLS)")
 
 
 def _choice(name: str, value: Any, accepted: tuple[str, ...]) -> None:
