@@ -90,17 +90,18 @@ def token_counters(client: Any) -> Callable[[Metrics], None]:
 
 
 def render_metrics(metrics: Metrics) -> str:
-    out: list[str] = []
+    from injector.promtext import Exposition  # noqa: PLC0415 (only when scraped)
+
+    out = Exposition()
     for f in fields(metrics):
         if f.name.startswith("_"):
             continue
         kind, help_ = _HELP[f.name]
         name = f"kms_agent_{f.name}"
         value = getattr(metrics, f.name)
-        out.append(f"# HELP {name} {help_}")
-        out.append(f"# TYPE {name} {kind}")
-        out.append(f"{name} {float(value):.3f}" if isinstance(value, float) else f"{name} {int(value)}")
-    return "\n".join(out) + "\n"
+        out.family(name, kind, help_)
+        out.sample(name, value if isinstance(value, (bool, float)) else int(value), fmt=".3f")
+    return out.text()
 
 
 class HealthServer:

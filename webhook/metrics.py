@@ -2,14 +2,16 @@
 
 Why not prometheus-client: the hot path needs three counter bumps and one histogram observation
 per admission; here that is a dict increment and a bisect (~0.3 µs), with no locks and no
-registry, and the text exposition format is a dozen lines. prometheus-client would add an import,
-a lock per observation and label lookups for nothing we use.
+registry; the text is written by injector.promtext, the writer the agent's /metrics uses too.
+prometheus-client would add an import, a lock per observation and label lookups for nothing we use.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass, field
+
+from injector.promtext import Exposition
 
 # Seconds. Admission budgets are in milliseconds (apiserver timeoutSeconds is 10 at most).
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -40,57 +42,36 @@ class Metrics:
     def bad_request(self, status: int) -> None:
         self.bad_requests[status] = self.bad_requests.get(status, 0) + 1
 
-    def render(self, *, ready: bool, cert_not_after: float | None) -> str:
+    def render(self, *, ready: bool, cert_not_after: float | None, cache: tuple[int, int] | None = None) -> str:
+        """The /metrics body. `cache` is the answer cache's (hits, misses); None when it is off."""
         a = self.admissions
-        out = [
-            "# HELP kms_injector_admissions_total AdmissionReviews answered, by decision.",
-            "# TYPE kms_injector_admissions_total counter",
-            *(f'kms_injector_admissions_total{{decision="{d}"}} {n}' for d, n in sorted(a.items())),
-            "# HELP kms_injector_injections_total Pods mutated to receive KMS secrets.",
-            "# TYPE kms_injector_injections_total counter",
-            f"kms_injector_injections_total {a.get('injected', 0)}",
-            "# HELP kms_injector_rejections_total Pods refused for invalid or forbidden annotations.",
-            "# TYPE kms_injector_rejections_total counter",
-            f"kms_injector_rejections_total {a.get('rejected', 0)}",
-            "# HELP kms_injector_bad_requests_total Requests refused before review, by HTTP status.",
-            "# TYPE kms_injector_bad_requests_total counter",
-            *(f'kms_injector_bad_requests_total{{code="{c}"}} {n}' for c, n in sorted(self.bad_requests.items())),
-            "# HELP kms_injector_admission_duration_seconds Time to answer one AdmissionReview.",
-            "# TYPE kms_injector_admission_duration_seconds histogram",
-        ]
-        cumulative = 0
-        for bound, n in zip(LATENCY_BUCKETS, self._buckets):
-            cumulative += n
-            out.append(f'kms_injector_admission_duration_seconds_bucket{{le="{bound}"}} {cumulative}')
-        out += [
-            f'kms_injector_admission_duration_seconds_bucket{{le="+Inf"}} {self._count}',
-            f"kms_injector_admission_duration_seconds_sum {self._sum:.6f}",
-            f"kms_injector_admission_duration_seconds_count {self._count}",
-            "# HELP kms_injector_tls_reloads_total Serving certificate reloads, by result.",
-            "# TYPE kms_injector_tls_reloads_total counter",
-            *(f'kms_injector_tls_reloads_total{{result="{r}"}} {n}' for r, n in sorted(self.tls_reloads.items())),
-            "# HELP kms_injector_ready 1 when a certificate is served and settings are loaded.",
-            "# TYPE kms_injector_ready gauge",
-            f"kms_injector_ready {int(ready)}",
-        ]
-        out += [
-            "# HELP kms_injector_settings_reloads_total Settings file changes seen, by result (error: old settings kept).",
-            "# TYPE kms_injector_settings_reloads_total counter",
-            *(f'kms_injector_settings_reloads_total{{result="{r}"}} {n}' for r, n in sorted(self.settings_reloads.items())),
-            "# HELP kms_injector_settings_generation Settings in use: 1 for the first load, +1 per reload.",
-            "# TYPE kms_injector_settings_generation gauge",
-            f"kms_injector_settings_generation {self.settings_generation}",
-            "# HELP kms_injector_settings_loaded_timestamp_seconds When the settings in use were loaded (unix time).",
-            "# TYPE kms_injector_settings_loaded_timestamp_seconds gauge",
-            f"kms_injector_settings_loaded_timestamp_seconds {self.settings_loaded_at:.0f}",
-            "# HELP kms_injector_settings_reload_failing 1 while the newest settings file does not load (old ones served).",
-            "# TYPE kms_injector_settings_reload_failing gauge",
-            f"kms_injector_settings_reload_failing {int(self.settings_reload_error is not None)}",
-        ]
+        out = Exposition()
+        out.labelled("kms_injector_admissions_total", "counter", "AdmissionReviews answered, by decision.",
+                     "decision", sorted(a.items()))
+        out.counter("kms_injector_injections_total", "Pods mutated to receive KMS secrets.", a.get("injected", 0))
+        out.counter("kms_injector_rejections_total", "Pods refused for invalid or forbidden annotations.", a.get("rejected", 0))
+        out.labelled("kms_injector_bad_requests_total", "counter", "Requests refused before review, by HTTP status.",
+                     "code", sorted(self.bad_requests.items()))
+        out.histogram("kms_injector_admission_duration_seconds", "Time to answer one AdmissionReview.",
+                      LATENCY_BUCKETS, self._buckets, self._sum, sum_fmt=".6f")
+        out.labelled("kms_injector_tls_reloads_total", "counter", "Serving certificate reloads, by result.",
+                     "result", sorted(self.tls_reloads.items()))
+        out.gauge("kms_injector_ready", "1 when a certificate is served and settings are loaded.", int(ready))
+        out.labelled("kms_injector_settings_reloads_total", "counter",
+                     "Settings file changes seen, by result (error: old settings kept).",
+                     "result", sorted(self.settings_reloads.items()))
+        out.gauge("kms_injector_settings_generation", "Settings in use: 1 for the first load, +1 per reload.",
+                  self.settings_generation)
+        out.gauge("kms_injector_settings_loaded_timestamp_seconds", "When the settings in use were loaded (unix time).",
+                  self.settings_loaded_at, fmt=".0f")
+        out.gauge("kms_injector_settings_reload_failing",
+                  "1 while the newest settings file does not load (old ones served).",
+                  int(self.settings_reload_error is not None))
         if cert_not_after is not None:
-            out += [
-                "# HELP kms_injector_tls_cert_not_after_seconds Expiry of the served certificate (unix time).",
-                "# TYPE kms_injector_tls_cert_not_after_seconds gauge",
-                f"kms_injector_tls_cert_not_after_seconds {cert_not_after:.0f}",
-            ]
-        return "\n".join(out) + "\n"
+            out.gauge("kms_injector_tls_cert_not_after_seconds", "Expiry of the served certificate (unix time).",
+                      cert_not_after, fmt=".0f")
+        if cache is not None:
+            out.labelled("kms_injector_review_cache_total", "counter",
+                         "Reviews answered from the identical-request cache, by result.",
+                         "result", (("hit", cache[0]), ("miss", cache[1])))
+        return out.text()

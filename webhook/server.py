@@ -373,12 +373,8 @@ def make_app(state: WebhookState) -> web.Application:
 
     async def metrics_handler(_: web.Request) -> web.Response:
         cur = state.reloader.current
-        text = metrics.render(ready=not state.not_ready_reasons(), cert_not_after=cur.not_after if cur else None)
-        if cache is not None:
-            text += ("# HELP kms_injector_review_cache_total Reviews answered from the identical-request cache, by result.\n"
-                     "# TYPE kms_injector_review_cache_total counter\n"
-                     f'kms_injector_review_cache_total{{result="hit"}} {cache.hits}\n'
-                     f'kms_injector_review_cache_total{{result="miss"}} {cache.misses}\n')
+        text = metrics.render(ready=not state.not_ready_reasons(), cert_not_after=cur.not_after if cur else None,
+                              cache=(cache.hits, cache.misses) if cache is not None else None)
         return web.Response(text=text, content_type="text/plain", charset="utf-8",
                             headers={"X-Content-Type-Options": "nosniff"})
 
