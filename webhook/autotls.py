@@ -33,6 +33,7 @@ from typing import Any
 from injector.log import Logger, get_logger
 from webhook import certs
 from webhook.kube import Kube, KubeError, api_client
+from webhook.reload import bytes_digest
 
 ISSUED_AT = "kms.hanzo.ai/leaf-issued-at"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kms-injector"}
@@ -364,9 +365,8 @@ class AutoTLS:
 
 
 def certs_digest(pair: certs.KeyPair) -> str:
-    import hashlib
-
-    return hashlib.sha256(pair.cert_pem + b"\0" + pair.key_pem).hexdigest()
+    """Names the pair as webhook.reload names the files it is written to."""
+    return bytes_digest([pair.cert_pem, pair.key_pem])
 
 
 def write_pair(cert_dir: Path, pair: certs.KeyPair) -> None:

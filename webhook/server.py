@@ -33,7 +33,7 @@ from typing import Any, Callable
 import orjson
 from aiohttp import web
 
-from injector.log import LEVELS, Logger, get_logger
+from injector.log import Logger, get_logger
 from webhook.metrics import Metrics
 from webhook.tls import CertReloader
 
@@ -43,85 +43,14 @@ SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-class FastLogger(Logger):
-    """injector.log's JSON-line format, encoded with orjson and the timestamp's seconds cached:
-    one line per admission is on the hot path (json.dumps + strftime cost ~3x this).
-
-    `info_soon` (the per-admission line) queues the line and writes every line queued during one
-    event-loop iteration with a single write(2) right after it: one syscall per admission was
-    the largest single cost of the handler under load. Order is kept: any other log call writes
-    the queue first, and an exit flushes it."""
-
-    _sec = -1
-    _prefix = ""
-
-    def __init__(self, component: str, stream: Any = None, level: str = "info", **context: Any) -> None:
-        super().__init__(component, stream, level, **context)
-        self._pending: list[bytes] = []
-        self._atexit = False
-
-    def log(self, level: str, event: str, **fields: Any) -> None:
-        line = self._line(level, event, fields)
-        if line is None:
-            return super().log(level, event, **fields)
-        if line:
-            self._pending.append(line)
-            self.flush()
-
-    def info_soon(self, event: str, **fields: Any) -> None:
-        line = self._line("info", event, fields)
-        if line is None:
-            return self.log("info", event, **fields)
-        if not line:
-            return
-        self._pending.append(line)
-        if len(self._pending) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop: nothing would flush later
-                return self.flush()
-            if not self._atexit:
-                import atexit  # noqa: PLC0415
-
-                atexit.register(self.flush)
-                self._atexit = True
-
-    def _line(self, level: str, event: str, fields: dict[str, Any]) -> bytes | None:
-        """The encoded line; b"" when below the level; None when orjson cannot encode it."""
-        if LEVELS[level] < self.threshold:
-            return b""
-        t = time.time()
-        sec = int(t)
-        if sec != self._sec:
-            self._sec, self._prefix = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        record = {"ts": f"{self._prefix}.{int(t % 1 * 1000):03d}Z", "level": level, "component": self.component,
-                  "event": event, **self.context, **fields}
-        try:
-            return orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)
-        except TypeError:  # e.g. an int beyond 64 bits: the stdlib encoder copes
-            self.flush()
-            return None
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
-        self._pending.clear()
-        stream = self.stream or sys.stderr
-        try:
-            buf = getattr(stream, "buffer", None)
-            if buf is not None:
-                buf.write(data)
-                buf.flush()
-            else:
-                stream.write(data.decode())
-                stream.flush()
-        except (OSError, ValueError):  # closed pipe: logging must never take the process down
-            pass
+def orjson_line(record: dict[str, Any]) -> bytes:
+    """injector.log's line, encoded by orjson: the per-admission line is on the hot path, and
+    json.dumps costs ~3x this (the logger falls back to it for what orjson refuses)."""
+    return orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def fast_logger(component: str) -> FastLogger:
-    return FastLogger(component, level=os.environ.get("KMS_LOG_LEVEL", "info").lower())
+def fast_logger(component: str) -> Logger:
+    return get_logger(component, encode=orjson_line)
 
 
 @dataclass
@@ -297,7 +226,7 @@ def make_app(state: WebhookState) -> web.Application:
     metrics, log, max_body, cache = state.metrics, state.log, state.max_body, state.cache
     perf = time.perf_counter
     loads, dumps = orjson.loads, orjson.dumps
-    log_admission = log.info_soon if isinstance(log, FastLogger) else log.info
+    log_admission = log.info_soon  # batched: one write(2) per event-loop iteration
 
     async def mutate(request: web.Request) -> web.Response:
         t0 = perf()
@@ -447,7 +376,7 @@ def main(argv: list[str]) -> int:
 async def serve(args: argparse.Namespace) -> int:
     log = fast_logger("webhook")
     metrics = Metrics()
-    settings_reloader = _settings_reloader(args.settings, metrics)
+    settings_reloader = _settings_reloader(args.settings, metrics, log)
     settings = _load_settings(args.settings, log, settings_reloader)
     if settings is None:
         return 2
@@ -466,7 +395,7 @@ async def serve(args: argparse.Namespace) -> int:
     else:
         cert_path, key_path = Path(args.tls_cert), Path(args.tls_key)
 
-    reloader = CertReloader(cert_path, key_path, log=get_logger("webhook.tls"), on_reload=on_reload)
+    reloader = CertReloader(cert_path, key_path, log=log.named("webhook.tls"), on_reload=on_reload)
     reloader.load_now()  # files mode: normally ready at once; otherwise the watcher picks it up
     state = WebhookState(settings=settings, reloader=reloader, log=log, metrics=metrics, max_body=args.max_body_bytes,
                          cache=ReviewCache(args.review_cache) if args.review_cache > 0 else None)
@@ -484,7 +413,7 @@ async def serve(args: argparse.Namespace) -> int:
         auto = autotls.AutoTLS(autotls.AutoTLSConfig(
             namespace=args.namespace, secret=args.tls_secret, webhook_config=args.webhook_config,
             service=args.service, lease=args.lease, cert_dir=Path(args.cert_dir), identity=args.pod_name,
-        ), log=get_logger("webhook.autotls"))
+        ), log=log.named("webhook.autotls"))
         state.extra_not_ready = auto.not_ready_reasons
         tasks.append(asyncio.create_task(auto.run(stop), name="auto-tls"))
 
@@ -524,12 +453,12 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings_reloader(path: str | None, metrics: Metrics) -> Any:
+def _settings_reloader(path: str | None, metrics: Metrics, log: Logger) -> Any:
     if not path:
         return None
     from webhook.settings_reload import SettingsReloader  # noqa: PLC0415
 
-    return SettingsReloader(path, metrics=metrics, log=get_logger("webhook.settings"))
+    return SettingsReloader(path, metrics=metrics, log=log.named("webhook.settings"))
 
 
 def _load_settings(path: str | None, log: Logger, reloader: Any = None) -> Any:

@@ -7,14 +7,13 @@ pair. A changed pair is loaded into a *fresh* context first, so a broken or half
 (mismatched key, truncated PEM) never touches what is being served: the old one stays, an error is
 logged. Established connections keep the context they handshook with; nothing restarts.
 
-Files are watched with watchfiles (inotify) on their directories, which also sees Kubernetes
-Secret volume updates (an atomic `..data` symlink swap), plus a slow poll as a safety net.
+Watching and change detection are webhook.reload's (the settings file uses the same): the files'
+directories through inotify, which also sees Kubernetes Secret volume updates (an atomic `..data`
+symlink swap), plus a slow poll as a safety net.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import os
 import ssl
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from injector.log import Logger, get_logger
-from webhook.filewatch import watch_dirs
+from webhook.reload import Reloader, bytes_digest
 
 
 @dataclass(frozen=True)
@@ -72,30 +71,19 @@ def build_context(cert_path: str | os.PathLike[str], key_path: str | os.PathLike
             ctx.load_cert_chain(c, k)
         except ssl.SSLError as exc:
             raise ValueError(f"{cert_path}/{key_path}: rejected by OpenSSL ({exc.reason or exc})") from None
-    digest = hashlib.sha256(cert_bytes + b"\0" + key_bytes).hexdigest()
-    return LoadedPair(ctx, digest, cert.serial_number, cert.not_valid_after_utc.timestamp())
+    return LoadedPair(ctx, bytes_digest([cert_bytes, key_bytes]), cert.serial_number, cert.not_valid_after_utc.timestamp())
 
 
-def file_digest(cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> str | None:
-    try:
-        return hashlib.sha256(Path(cert_path).read_bytes() + b"\0" + Path(key_path).read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-class CertReloader:
+class CertReloader(Reloader[LoadedPair]):
     """Serves the newest good pair from `cert_path`/`key_path`; `loaded` once one was served."""
 
     def __init__(self, cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str], *,
                  log: Logger | None = None, poll_interval: float = 10.0,
                  on_reload: Callable[[bool], Any] | None = None) -> None:
-        self.cert_path = Path(cert_path)
-        self.key_path = Path(key_path)
-        self.log = log or get_logger("webhook.tls")
-        self.poll_interval = poll_interval
+        super().__init__([cert_path, key_path], name="tls", log=log or get_logger("webhook.tls"), poll_interval=poll_interval)
+        self.cert_path, self.key_path = self.paths
         self.on_reload = on_reload  # called with True (new pair served) or False (bad pair kept old)
         self.current: LoadedPair | None = None
-        self._failed_digest: str | None = None
         self.server_context = new_server_context()
         self.server_context.sni_callback = self._pick_context
         self._install_placeholder()
@@ -129,52 +117,27 @@ class CertReloader:
         except OSError as exc:
             self.log.warning("tls_placeholder_unavailable", error=type(exc).__name__)
 
-    # -- loading ------------------------------------------------------------------------------
-    def load_now(self) -> bool:
+    # -- loading (webhook.reload calls these) ------------------------------------------------
+    def load_now(self) -> bool:  # type: ignore[override]
         """Synchronous first load (before the loop serves). True when a pair is being served."""
-        return self._apply(self._try_build())
+        return not isinstance(super().load_now(), Exception)
 
-    async def reload(self) -> bool:
-        """Reload if the files changed. True when a new pair was installed."""
-        digest = await asyncio.to_thread(file_digest, self.cert_path, self.key_path)
-        if digest is None or (self.current and digest == self.current.digest) or digest == self._failed_digest:
-            return False
-        result = await asyncio.to_thread(self._try_build)
-        if isinstance(result, str):
-            # A writer replacing key and cert one after the other: give it a moment, then re-read.
-            await asyncio.sleep(0.2)
-            if await asyncio.to_thread(file_digest, self.cert_path, self.key_path) != digest:
-                result = await asyncio.to_thread(self._try_build)
-        return self._apply(result)
+    def parse(self) -> LoadedPair:
+        return build_context(self.cert_path, self.key_path)
 
-    def _try_build(self) -> LoadedPair | str:
-        try:
-            return build_context(self.cert_path, self.key_path)
-        except ValueError as exc:
-            return str(exc)
-
-    def _apply(self, result: LoadedPair | str) -> bool:
-        if isinstance(result, str):
-            self._failed_digest = file_digest(self.cert_path, self.key_path)
-            if self.current is None:
-                self.log.warning("tls_cert_unavailable", reason=result, cert=str(self.cert_path))
-            else:
-                self.log.error("tls_reload_failed", reason=result, cert=str(self.cert_path), kept_serial=f"{self.current.serial:x}")
-            if self.on_reload:
-                self.on_reload(False)
-            return False
-        old = self.current
-        self.current = result
-        self._failed_digest = None
-        self.log.info("tls_cert_loaded" if old is None else "tls_cert_reloaded", cert=str(self.cert_path),
-                      serial=f"{result.serial:x}", not_after=int(result.not_after))
+    def accepted(self, pair: LoadedPair, digest: str, first: bool) -> None:
+        self.current = pair
+        self.log.info("tls_cert_loaded" if first else "tls_cert_reloaded", cert=str(self.cert_path),
+                      serial=f"{pair.serial:x}", not_after=int(pair.not_after))
         if self.on_reload:
             self.on_reload(True)
-        return True
 
-    # -- watching -----------------------------------------------------------------------------
-    async def watch(self, stop: asyncio.Event | None = None) -> None:
-        """Reload on file changes until `stop` is set (or the task is cancelled)."""
-        dirs = sorted({str(self.cert_path.parent), str(self.key_path.parent)})
-        await watch_dirs(dirs, self.reload, stop=stop or asyncio.Event(),
-                         poll_interval=self.poll_interval, log=self.log, name="tls")
+    def rejected(self, exc: Exception, digest: str, first: bool) -> None:
+        # build_context's ValueError names the file and what is wrong; anything else is a bug: its type.
+        reason = str(exc) if isinstance(exc, ValueError) else type(exc).__name__
+        if self.current is None:
+            self.log.warning("tls_cert_unavailable", reason=reason, cert=str(self.cert_path))
+        else:
+            self.log.error("tls_reload_failed", reason=reason, cert=str(self.cert_path), kept_serial=f"{self.current.serial:x}")
+        if self.on_reload:
+            self.on_reload(False)
