@@ -1,5 +1,6 @@
-"""injector.filewatch: a kubelet-style ..data swap in a watched directory is noticed, by inotify
-and by the watchfiles fallback, and a directory created late is picked up."""
+"""injector.filewatch (the one watcher: the agent's credentials, the webhook's certificate and settings):
+a kubelet-style ..data swap in a watched directory is noticed, by inotify and by the watchfiles
+fallback, and a directory created late is picked up."""
 
 from __future__ import annotations
 
