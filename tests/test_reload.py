@@ -8,13 +8,14 @@ reloader built on the public base class."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import pytest
 
@@ -42,6 +43,18 @@ async def until(cond: Callable[[], Any], what: str, stream: io.StringIO, timeout
         assert time.monotonic() < deadline, f"timed out waiting for {what}; log: {stream.getvalue()[-1500:]}"
         await asyncio.sleep(0.02)
     return value
+
+
+@contextlib.asynccontextmanager
+async def watching(r: Reloader) -> AsyncIterator[asyncio.Task]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(r.watch(stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        done, _ = await asyncio.wait({task}, timeout=10)
+        assert done, "watch() did not return after stop was set"
 
 
 # --- both users, one scenario ------------------------------------------------------------------------
@@ -98,12 +111,10 @@ async def test_change_bad_change_revert_and_change_again(tmp_path: Path, make_us
     vol, stream = tmp_path / "vol", io.StringIO()
     write_volume(vol, user.good[0])
     r = user.make(vol, Logger("webhook", stream=stream))
-    loaded = r.load_now()
-    assert loaded and not isinstance(loaded, Exception)
+    result = r.load_now()
+    assert result and not isinstance(result, Exception)
     first = user.served(r)
-    stop = asyncio.Event()
-    task = asyncio.create_task(r.watch(stop))
-    try:
+    async with watching(r):
         # A good change is served.
         write_volume(vol, user.good[1])
         await until(lambda: user.served(r) != first, "the good change to be served", stream)
@@ -127,10 +138,6 @@ async def test_change_bad_change_revert_and_change_again(tmp_path: Path, make_us
         write_volume(vol, user.good[0])
         await until(lambda: len(events(stream, user.accepted_event)) == 2, "the next change", stream)
         assert user.served(r) not in (second, None)
-    finally:
-        stop.set()
-        done, _ = await asyncio.wait({task}, timeout=10)
-        assert done, "watch() did not return after stop was set"
     assert "BEGIN" not in stream.getvalue() and OTHER_HOST not in stream.getvalue(), "file contents in the log"
 
 
@@ -174,38 +181,27 @@ class JsonReloader(Reloader[dict]):
         self.rejections.append(type(exc).__name__)
 
 
-async def _watching(r: Reloader) -> tuple[asyncio.Event, asyncio.Task]:
-    stop = asyncio.Event()
-    return stop, asyncio.create_task(r.watch(stop))
-
-
-async def _stop(stop: asyncio.Event, task: asyncio.Task) -> None:
-    stop.set()
-    done, _ = await asyncio.wait({task}, timeout=10)
-    assert done, "watch() did not return after stop was set"
-
-
-async def test_the_same_bad_bytes_are_parsed_once_however_often_polled(tmp_path: Path) -> None:
+def loaded(tmp_path: Path) -> tuple[Path, io.StringIO, JsonReloader]:
+    """A JsonReloader serving {"v": 1} from a real file, and its log."""
     path, stream = tmp_path / "v.json", io.StringIO()
     path.write_text('{"v": 1}')
     r = JsonReloader(path, Logger("j", stream=stream))
-    assert r.load_now() == {"v": 1}
-    stop, task = await _watching(r)
-    try:
+    assert r.load_now() == {"v": 1} and r.served == {"v": 1}
+    return path, stream, r
+
+
+async def test_the_same_bad_bytes_are_parsed_once_however_often_polled(tmp_path: Path) -> None:
+    path, stream, r = loaded(tmp_path)
+    async with watching(r):
         path.write_text("[not json")
         await until(lambda: r.rejections, "the bad bytes to be rejected", stream)
         parses, checks = r.parses, r.digest_checks
         await until(lambda: r.digest_checks >= checks + 10, "ten more polls", stream)
         assert r.parses == parses and r.rejections == ["JSONDecodeError"] and r.served == {"v": 1}
-    finally:
-        await _stop(stop, task)
 
 
 async def test_a_writer_finishing_within_the_settle_time_is_served_not_rejected(tmp_path: Path) -> None:
-    path, stream = tmp_path / "v.json", io.StringIO()
-    path.write_text('{"v": 1}')
-    r = JsonReloader(path, Logger("j", stream=stream))
-    r.load_now()
+    path, _, r = loaded(tmp_path)
     path.write_text('{"v": ')  # the first half of a two-step write
 
     def second_step() -> None:
@@ -218,12 +214,8 @@ async def test_a_writer_finishing_within_the_settle_time_is_served_not_rejected(
 
 
 async def test_a_bug_in_a_hook_is_logged_and_the_watch_goes_on(tmp_path: Path) -> None:
-    path, stream = tmp_path / "v.json", io.StringIO()
-    path.write_text('{"v": 1}')
-    r = JsonReloader(path, Logger("j", stream=stream))
-    r.load_now()
-    stop, task = await _watching(r)
-    try:
+    path, stream, r = loaded(tmp_path)
+    async with watching(r) as task:
         r.fail_accept_once = True
         path.write_text('{"v": 2}')
         await until(lambda: events(stream, "json_reload_error"), "the hook's error to be logged", stream)
@@ -231,18 +223,13 @@ async def test_a_bug_in_a_hook_is_logged_and_the_watch_goes_on(tmp_path: Path) -
         path.write_text('{"v": 3}')
         await until(lambda: r.served == {"v": 3}, "the next change after the bug", stream)
         assert not task.done()
-    finally:
-        await _stop(stop, task)
 
 
 async def test_files_that_do_not_exist_yet_are_picked_up_when_they_appear(tmp_path: Path) -> None:
     vol, stream = tmp_path / "not-yet", io.StringIO()
     r = JsonReloader(vol / "v.json", Logger("j", stream=stream))
     assert isinstance(r.load_now(), Exception) and r.failed_digest == UNREADABLE
-    stop, task = await _watching(r)
-    try:
+    async with watching(r):
         write_volume(vol, {"v.json": '{"v": "late"}'})
         await until(lambda: r.served == {"v": "late"}, "the late file to be served", stream)
         assert r.rejections == ["FileNotFoundError"]  # once, at the first load
-    finally:
-        await _stop(stop, task)
