@@ -76,7 +76,19 @@ async def changes(dirs: list[str], debounce: float = 0.1, recheck: float = 10.0)
         return
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
-    loop.add_reader(ino.fd, ready.set)
+    lost = False
+
+    def readable() -> None:
+        # The fd is level-triggered: read it now, or the loop wakes for it again and again (a
+        # core spinning through every debounce).
+        nonlocal lost
+        try:
+            lost = ino.drain() or lost
+        except OSError:  # unreadable inotify fd: re-arm the watches from scratch
+            lost = True
+        ready.set()
+
+    loop.add_reader(ino.fd, readable)
     try:
         while True:
             try:
@@ -97,9 +109,9 @@ async def changes(dirs: list[str], debounce: float = 0.1, recheck: float = 10.0)
                     continue
                 await asyncio.sleep(debounce)  # kubelet's swap is several events: take them as one
                 ready.clear()
-                lost = ino.drain()
+                gone, lost = lost, False
                 yield None
-                if lost:
+                if gone:
                     break
     finally:
         loop.remove_reader(ino.fd)

@@ -5,6 +5,7 @@ fallback, and a directory created late is picked up."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,31 @@ async def test_cancel_while_a_change_lands_stops_the_watch(tmp_path: Path) -> No
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=5)
         assert done, f"the watch ignored a cancel {n % 6} loop iterations after a change"
+
+
+async def test_waiting_out_the_debounce_does_not_spin(tmp_path: Path) -> None:
+    """The inotify fd is level-triggered: while events sit unread during the debounce, the loop
+    must not wake again and again (it did: a core spun for each debounce; the webhook watches a
+    directory that may change often). Counted in CPU seconds of this process, not wall time."""
+    seen = [0]
+    task = asyncio.create_task(_count(filewatch.changes([str(tmp_path)], debounce=1.0, recheck=60), seen))
+    try:
+        for _ in range(200):
+            if seen[0]:
+                break
+            await asyncio.sleep(0.05)
+        assert seen[0] == 1
+        cpu0 = time.process_time()
+        for i in range(5):  # events before and during the debounce
+            (tmp_path / "f").write_text(str(i))
+            await asyncio.sleep(0.1)
+        for _ in range(200):
+            if seen[0] > 1:
+                break
+            await asyncio.sleep(0.05)
+        cpu = time.process_time() - cpu0
+        assert seen[0] == 2, "the writes were not reported as one change"
+        assert cpu < 0.3, f"{cpu:.2f} s of CPU to wait out a 1 s debounce: the loop spun on the readable fd"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
