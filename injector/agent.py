@@ -515,6 +515,7 @@ async def run(config: AgentConfig, log: Logger) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from injector.proc_guard import make_non_dumpable; make_non_dumpable()  # first: same-uid apps must not read /proc/<agent>/{root,environ,mem}
     from injector.agent_cli import load_config
 
     try:

@@ -2,7 +2,8 @@
 
 Layout under the target directory (the same as a Kubernetes Secret volume):
 
-    ..2026_11_28_18_00_00.123456789/   one complete version (files mode `file_mode`, dirs 0755)
+    ..2026_11_28_18_00_00.123456789/   one complete version (files mode `file_mode`, dirs 0755,
+                                       setgid kept when the volume is setgid: fsGroup)
     ..data -> ..2026_11_28_18_00_00.123456789
     KEY    -> ..data/KEY                one link per top-level entry (a file, or a folder NAME/)
 
@@ -162,7 +163,7 @@ class AtomicWriter:
             root = os.open(name, _DIR_FLAGS, dir_fd=dfd)
             dir_fds: dict[str, int] = {"": root}
             try:
-                os.fchmod(root, DIR_MODE)
+                _set_dir_mode(root)
                 for rel in sorted(files):
                     parent, _, leaf = rel.rpartition("/")
                     pfd = self._subdir(dir_fds, parent)
@@ -192,7 +193,7 @@ class AtomicWriter:
         pfd = self._subdir(dir_fds, parent)
         os.mkdir(leaf, DIR_MODE, dir_fd=pfd)
         fd = os.open(leaf, _DIR_FLAGS, dir_fd=pfd)
-        os.fchmod(fd, DIR_MODE)
+        _set_dir_mode(fd)
         dir_fds[rel] = fd
         return fd
 
@@ -324,11 +325,25 @@ def _make_version_dir(dfd: int) -> str:
         now = time.time_ns()
         name = time.strftime("..%Y_%m_%d_%H_%M_%S.", time.gmtime(now // 1_000_000_000)) + f"{now % 1_000_000_000:09d}"
         try:
-            os.mkdir(name, 0o700, dir_fd=dfd)
+            os.mkdir(name, DIR_MODE, dir_fd=dfd)  # private files stay 0600 until each is complete
             return name
         except FileExistsError:
             continue
     raise FileExistsError("could not create a unique version folder")
+
+
+def _set_dir_mode(fd: int) -> None:
+    """0755, keeping the setgid bit the directory inherited from its parent.
+
+    kubelet makes an fsGroup emptyDir setgid (group = fsGroup), so that everything in it gets the
+    pod's group and files of mode 0440 are readable by every container of the pod. mkdir already
+    inherited the bit and the group; a plain fchmod(0755) would clear the bit, and files made
+    below would get the agent's own group. chmod is skipped when the bits are right already: an
+    unprivileged chmod also drops setgid when the caller is not in the directory's group."""
+    have = stat.S_IMODE(os.fstat(fd).st_mode)
+    want = DIR_MODE | (have & stat.S_ISGID)
+    if have != want:
+        os.fchmod(fd, want)
 
 
 def _top_entries(files: Mapping[str, bytes]) -> set[str]:
