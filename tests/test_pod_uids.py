@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import h11
 import pytest
 
 from devkms.server import run_dev_kms
@@ -38,6 +39,9 @@ def base():
     """A world-traversable base (pytest's tmp_path is 0700 root): the other uids must reach it."""
     d = Path(tempfile.mkdtemp(prefix="kms-uids-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None))
     d.chmod(0o755)
+    # The agent's one dependency (h11, pure Python), where the other uids can import it.
+    shutil.copytree(Path(h11.__file__).parent, d / "pylib" / "h11", ignore=shutil.ignore_patterns("__pycache__"))
+    POD_ENV["PYTHONPATH"] = f"{ROOT}{os.pathsep}{d / 'pylib'}"
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
