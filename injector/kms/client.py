@@ -65,9 +65,23 @@ class KmsClient:
         tm.needs_fresh_login = canonical.needs_fresh_login
         return tm
 
-    def invalidate(self) -> None:
-        """Log in afresh before the next request (credential files changed)."""
-        self.tokens.invalidate()
+    def invalidate(self, token: str | None = None) -> bool:
+        """Log in afresh before the next request. `token=None`: the credentials changed (drop the
+        current token, and any login in flight). `token=T`: T was refused; drop it only if it is
+        still the current token. True when a token was dropped. See TokenManager.invalidate."""
+        return self.tokens.invalidate(token)
+
+    def credentials_changed(self) -> bool:
+        """The credential files changed. True when the caller should fetch now with a fresh login.
+
+        Universal auth: the token is dropped (the next request logs in with the new files).
+        Kubernetes auth: a rotated projected token needs no login while the KMS token is valid
+        (the next login reads the file); with no valid token (the last login failed) the new
+        file is worth a try now, so True without dropping anything."""
+        if getattr(self.credentials, "relogin_on_change", True):
+            self.tokens.invalidate()
+            return True
+        return self.tokens.valid_token() is None
 
     def project_id(self, project: str) -> str:
         """The project's id when a secrets answer named it (`workspace`), else the slug itself."""
