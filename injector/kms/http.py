@@ -400,7 +400,11 @@ class HttpClient:
         ctx = None
         if o.scheme == "https":
             if self._ssl is None:
-                self._ssl = ssl.create_default_context(cafile=self._ca_file)
+                try:  # a ca_file replaces the system CAs: a KMS behind a private CA
+                    self._ssl = ssl.create_default_context(cafile=self._ca_file)
+                except (OSError, ssl.SSLError) as exc:  # missing, unreadable or not PEM: say which file
+                    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+                    raise ConnectError(f"cannot load the CA bundle {self._ca_file}: {reason}") from None
             ctx = self._ssl
         try:
             async with asyncio.timeout(timeout):
