@@ -31,14 +31,6 @@ def make_non_dumpable() -> bool:
     return libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0
 
 
-def is_dumpable() -> bool | None:
-    """The process's dumpable flag (None where it cannot be read)."""
-    libc = _libc() if sys.platform.startswith("linux") else None
-    if libc is None:
-        return None
-    return libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != 0
-
-
 def _libc():  # noqa: ANN202 - a ctypes.CDLL, typed loosely to keep ctypes out of annotations
     import ctypes
 

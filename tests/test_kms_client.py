@@ -18,7 +18,7 @@ from aiohttp import web
 
 from injector.backoff import Backoff
 from devkms import Fault
-from injector.kms import KmsClient, retrying
+from injector.kms import KmsClient
 from injector.kms.auth import KubernetesAuthFile, UniversalAuthFiles
 from injector.kms.errors import (
     BadResponse,
@@ -54,6 +54,26 @@ async def until(cond: Callable[[], Awaitable[bool]], timeout: float = 20.0, step
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(step)
+
+
+async def retrying(call: Callable[[], Awaitable[Any]], *, backoff: Backoff, deadline: float,
+                   on_error: Callable[[KmsError, float], None] | None = None,
+                   should_retry: Callable[[KmsError], bool] = lambda e: e.retryable) -> Any:
+    """What a caller's retry loop does with the client's typed errors (injector/kms/retry.py had
+    this loop, used by nothing but these tests): retry what `err.retryable` says, never sooner
+    than a RateLimited's Retry-After, until `deadline` (time.monotonic()) would pass."""
+    while True:
+        try:
+            return await call()
+        except KmsError as err:
+            if not should_retry(err):
+                raise
+            delay = backoff.next_delay(floor=getattr(err, "retry_after", None) or 0.0)
+            if time.monotonic() + delay > deadline:
+                raise
+            if on_error is not None:
+                on_error(err, delay)
+            await asyncio.sleep(delay)
 
 
 def route_count(kms: Any, route: str) -> int:

@@ -60,9 +60,8 @@ class Headers(Mapping[str, str]):
     """Response headers with case-insensitive lookup. Repeated headers are joined with ', '."""
 
     def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
-        self._items = list(items or [])
         self._map: dict[str, str] = {}
-        for name, value in self._items:
+        for name, value in items or []:
             key = name.lower()
             self._map[key] = f"{self._map[key]}, {value}" if key in self._map else value
 
@@ -77,10 +76,6 @@ class Headers(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self._map)
-
-    def get_all(self, name: str) -> list[str]:
-        key = name.lower()
-        return [v for n, v in self._items if n.lower() == key]
 
     def __repr__(self) -> str:  # names only: header values may carry tokens
         return f"Headers({sorted(self._map)})"
