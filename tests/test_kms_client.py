@@ -532,6 +532,7 @@ class _GatedLogins:
         self.arrived = asyncio.Event()
         self.logins: list[str] = []
         self.lists: list[str] = []
+        self.expires_in = 3600.0
 
     def app(self) -> web.Application:
         async def login(request: web.Request) -> web.Response:
@@ -539,7 +540,7 @@ class _GatedLogins:
             self.logins.append(secret)
             self.arrived.set()
             await self.gate.wait()
-            return web.json_response({"accessToken": f"tok-{secret}-{len(self.logins)}", "expiresIn": 3600,
+            return web.json_response({"accessToken": f"tok-{secret}-{len(self.logins)}", "expiresIn": self.expires_in,
                                       "accessTokenMaxTTL": 7200})
 
         async def secrets(request: web.Request) -> web.Response:
@@ -593,3 +594,20 @@ async def test_invalidate_with_a_token_drops_only_that_token(tmp_path: Path) -> 
             assert client.tokens.valid_token() == fresh
             await client.fetch(P, ENV, "/app")
             assert len(kms.logins) == 2 and kms.lists == ["tok-s-1", "tok-s-2", "tok-s-2"]
+
+            # A refusal of the expired current token while its replacement's login is in flight
+            # drops the expired one and lets that login finish: one login, not two.
+            kms.expires_in = 0.2
+            client.invalidate()
+            await client.fetch(P, ENV, "/app")  # tok-s-3, short-lived
+            await until(lambda: _true(client.tokens.valid_token() is None))
+            expired = client.tokens._token.value  # type: ignore[union-attr]
+            kms.expires_in = 3600.0
+            kms.gate.clear()
+            kms.arrived.clear()
+            task = asyncio.create_task(client.fetch(P, ENV, "/app"))
+            await asyncio.wait_for(kms.arrived.wait(), 20)
+            assert client.invalidate(expired) is True
+            kms.gate.set()
+            await asyncio.wait_for(task, 20)
+            assert len(kms.logins) == 4 and kms.lists[-1] == "tok-s-4" == client.tokens.valid_token()

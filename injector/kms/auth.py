@@ -7,9 +7,9 @@ auth credentials do (the old ones may be revoked); a rotated projected service-a
 not (kubelet rotates it at 80% of its life, about every 8 minutes for 600 s, while the KMS token
 from the last login stays valid: the next login reads the new file).
 
-Token generations: every token set or dropped bumps `TokenManager.generation`. A login or renewal
-that was in flight when the token was invalidated (credentials changed) is not kept: its token
-came from the old credentials. `invalidate(token)` drops only that token, if it is still the
+Generations: every token set or dropped bumps `TokenManager.generation`; a change of credentials
+(`invalidate()` without a token) also starts a new epoch, and a login or renewal that was in
+flight across it is not kept: its token came from the old credentials. `invalidate(token)` drops only that token, if it is still the
 current one, so a 401 seen with an old token never throws away a fresh one.
 
 The token manager logs in, renews at about 2/3 of the token's life, logs in afresh when a renewal
@@ -210,7 +210,8 @@ class TokenManager:
         self.log = logger
         self.clock = clock
         self._token: _Token | None = None
-        self._generation = 0
+        self._generation = 0  # token replaced or dropped
+        self._epoch = 0  # credentials changed (invalidate() without a token)
         self._lock = asyncio.Lock()
         # which rejections mean "log in afresh and retry once" (a backend may say it differently)
         self.needs_fresh_login: Callable[[Response], bool] = needs_fresh_login
@@ -237,17 +238,19 @@ class TokenManager:
         `token=None` (credential files changed): drop whatever is current, and make a login or
         renewal now in flight discard its result (it used the old credentials). `token=T` (T was
         refused, e.g. a 401 on the event stream): drop the token only if T is still the current
-        one; a token another task got meanwhile is kept."""
-        if token is not None and (self._token is None or self._token.value != token):
+        one; a token another task got meanwhile is kept, and a login in flight goes on."""
+        if token is None:
+            self._epoch += 1
+        elif self._token is None or self._token.value != token:
             return False
         dropped = self._token is not None
         self._token = None
         self._generation += 1
         return dropped
 
-    def _store(self, tok: _Token, started: int) -> bool:
-        """Keep `tok` unless the generation moved while it was being obtained (credentials changed)."""
-        if self._generation != started:
+    def _store(self, tok: _Token, epoch: int) -> bool:
+        """Keep `tok` unless the credentials changed while it was being obtained."""
+        if self._epoch != epoch:
             return False
         self._token = tok
         self._generation += 1
@@ -296,7 +299,7 @@ class TokenManager:
         return token  # they keep changing: use the last one for this call, and log in again next time
 
     async def _login_once(self) -> tuple[str, bool]:
-        started = self._generation
+        started = self._epoch
         sent = self.clock()
         where = {"host": self.host, "op": "login"}
         try:
@@ -321,7 +324,7 @@ class TokenManager:
         return token, True
 
     async def _renew(self, tok: _Token) -> str:
-        started = self._generation
+        started = self._epoch
         sent = self.clock()
         where = {"host": self.host, "op": "renew"}
         redact = self.redact()
