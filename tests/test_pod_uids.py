@@ -41,7 +41,6 @@ def base():
     d.chmod(0o755)
     # The agent's one dependency (h11, pure Python), where the other uids can import it.
     shutil.copytree(Path(h11.__file__).parent, d / "pylib" / "h11", ignore=shutil.ignore_patterns("__pycache__"))
-    POD_ENV["PYTHONPATH"] = f"{ROOT}{os.pathsep}{d / 'pylib'}"
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
@@ -61,7 +60,9 @@ def _pod_python() -> str:
     raise AssertionError("no Python >= 3.11 that another uid may run: these tests need one")
 
 
-POD_ENV = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+def pod_env(base: Path) -> dict[str, str]:
+    """The source tree and the copied h11 (see `base`) on the path; nothing else inherited."""
+    return {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}{os.pathsep}{base / 'pylib'}", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def agent_cmd(argv: list[str]) -> list[str]:
@@ -72,7 +73,7 @@ def agent_cmd(argv: list[str]) -> list[str]:
 
 def run_as(uid: int, gid: int, groups: list[int], code: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([_pod_python(), "-c", code, *args], user=uid, group=gid, extra_groups=groups,
-                          capture_output=True, text=True, timeout=60, cwd="/", env=POD_ENV)
+                          capture_output=True, text=True, timeout=60, cwd="/", env={"PATH": "/usr/bin:/bin"})
 
 
 READER = r"""
@@ -100,7 +101,7 @@ async def test_fsgroup_volume_files_of_mode_0440_are_readable_by_the_app(base: P
         err = base / "agent.err"
         with open(err, "w") as fh:
             proc = subprocess.Popen(argv, stdout=fh, stderr=fh, user=AGENT_UID, group=AGENT_UID, extra_groups=[POD_GID],
-                                    cwd=str(ROOT), env=POD_ENV)
+                                    cwd=str(ROOT), env=pod_env(base))
         await wait_for(lambda: proc.poll() is not None, 60, "the init agent to exit")
         assert proc.returncode == 0, err.read_text()
 
@@ -173,7 +174,7 @@ async def test_a_process_of_the_agents_uid_cannot_read_its_credentials_environme
                 ["unshare", "-m", "--propagation", "private", sys.executable, "-c", LAUNCH,
                  str(auth), str(AGENT_UID), CLIENT_SECRET, CLIENT_ID, *agent_argv],
                 stdout=fh, stderr=fh, cwd=str(ROOT),
-                env={**POD_ENV, "KMS_TEST_ENV_MARKER": env_marker})
+                env={**pod_env(base), "KMS_TEST_ENV_MARKER": env_marker})
         try:
             await wait_for(lambda: (mount / "API_KEY").exists() or proc.poll() is not None, 60, "the agent's first files")
             assert proc.poll() is None, err.read_text()
