@@ -487,3 +487,62 @@ def test_import_is_light() -> None:
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == ""
+
+
+async def test_malformed_content_length_on_the_event_stream_does_not_kill_the_subscriber(tmp_path: Path) -> None:
+    """Issue 12 point 11: `Content-Length: ²` on the event stream raised a ValueError past the
+    client's typed errors and ended the subscriber for the pod's life; now it is a ProtocolError
+    (an HttpError), so the subscriber backs off and reconnects."""
+    from injector.backoff import Backoff
+    from injector.kms import KmsClient
+    from injector.kms.auth import UniversalAuthFiles
+    from injector.kms.events import EventSubscriber
+
+    subscribes = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal subscribes
+        try:
+            while True:
+                head = await _read_request(reader)
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+                if length:
+                    await reader.readexactly(length)
+                if b"/universal-auth/login" in head.split(b"\r\n")[0]:
+                    body = b'{"accessToken": "tok", "expiresIn": 3600, "accessTokenMaxTTL": 7200}'
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                    await writer.drain()
+                    continue
+                subscribes += 1
+                if subscribes == 1:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: \xb2\r\n\r\n")
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                 b"7\r\n: ping\n\r\n")
+                await writer.drain()
+                await reader.read()  # hold the stream open until the client goes
+                break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    creds = tmp_path / "auth"
+    creds.mkdir()
+    (creds / "clientId").write_text("id")
+    (creds / "clientSecret").write_text("secret")
+    async with raw_server(handler) as port:
+        client = KmsClient(f"http://127.0.0.1:{port}/api", UniversalAuthFiles(str(creds)))
+        sub = EventSubscriber(client, "proj", "prod", ["/app"], backoff=Backoff(base=0.01, cap=0.02))
+        task = asyncio.create_task(sub.run(lambda ev: None))
+        try:
+            for _ in range(800):  # up to 20 s
+                if sub.connected or task.done():
+                    break
+                await asyncio.sleep(0.025)
+            assert not task.done(), task.exception()
+            assert sub.connected and sub.failures == 1 and subscribes == 2
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await client.close()
