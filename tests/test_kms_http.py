@@ -388,6 +388,33 @@ async def test_strict_framing_refuses_loose_sizes_and_lengths(reply: bytes) -> N
             await client.close()
 
 
+@pytest.mark.parametrize("reply", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nVALUE-secret-9f1\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nVALUE-secret-9f1\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Broken VALUE-secret-9f1\r\nContent-Length: 2\r\n\r\nok",
+    b"VALUE-secret-9f1 200 OK\r\n\r\n",
+])
+async def test_framing_errors_never_quote_the_bytes(reply: bytes) -> None:
+    """h11 quotes what it could not parse; those bytes may be secret values: never in our errors."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(handler) as port:
+        client = HttpClient(f"http://127.0.0.1:{port}")
+        try:
+            with pytest.raises(ProtocolError) as info:
+                await client.request("GET", "/x", headers={"Authorization": "Bearer tok-secret-77"})
+            assert "secret" not in str(info.value) and "VALUE" not in str(info.value), str(info.value)
+        finally:
+            await client.close()
+    with pytest.raises(ValueError) as bad:  # our own header refused by h11: the token is not quoted
+        await HttpClient("http://127.0.0.1:1").request("GET", "/x", headers={"Authorization": "Bearer tok-secret-77\x01"})
+    assert "tok-secret" not in str(bad.value)
+
+
 async def test_chunk_extensions_and_trailers_are_accepted() -> None:
     reply = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
              b"5;name=value\r\nhello\r\nA\r\n 0123456789\r\n0\r\nX-Trailer: t\r\n\r\n")

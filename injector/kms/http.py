@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json as _json
+import re
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator, Mapping
@@ -148,7 +149,7 @@ class _Conn:
                 data += self.h11.send(h11.Data(data=req.body))
             data += self.h11.send(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:
-            raise ValueError(f"request cannot be framed: {exc}") from None
+            raise ValueError(f"request cannot be framed: {_h11_reason(exc)}") from None
         self.writer.write(data)
         await self.writer.drain()
 
@@ -169,10 +170,10 @@ class _Conn:
     def _what_broke(self, exc: h11.RemoteProtocolError, in_body: bool) -> str:
         eof = self.reader.at_eof()
         if in_body:
-            return "response body truncated" if eof else f"malformed response body: {exc}"
+            return "response body truncated" if eof else f"malformed response body: {_h11_reason(exc)}"
         if not self.received:
             return "server closed the connection without a response"
-        return "response headers truncated" if eof else f"malformed HTTP response: {exc}"
+        return "response headers truncated" if eof else f"malformed HTTP response: {_h11_reason(exc)}"
 
     def keep(self) -> bool:
         """After a whole response: ready for the next request on this connection?"""
@@ -380,8 +381,8 @@ class HttpClient:
         if json is not None or method in ("POST", "PUT", "PATCH"):
             items.append(("Content-Length", str(len(body))))
         for name, value in (headers or {}).items():
-            if any(c in name + value for c in "\r\n\x00") or not name:
-                raise ValueError(f"header {name!r} contains a line break or NUL")
+            if not name or any(c < " " and c != "\t" or c == "\x7f" for c in name + value):
+                raise ValueError(f"header {name!r} contains a line break, NUL or another control character")
             items.append((name, value))
         for name, value in items:  # h11 frames latin-1 bytes; say which header cannot be sent
             try:
@@ -519,6 +520,14 @@ class _StreamContext:
     async def __aexit__(self, *exc: object) -> None:
         if self._resp is not None:
             self._resp.close()
+
+
+def _h11_reason(exc: Exception) -> str:
+    """h11's message without the bytes it quotes ("illegal chunk header: b'...'"): those may be
+    body bytes (secret values) or our own headers (the token). Its leading words say enough."""
+    words = re.match(r"[A-Za-z][A-Za-z -]*", str(exc))
+    text = re.sub(r"\s+(b|bytearray)$", "", words.group(0).strip()) if words else ""
+    return text or type(exc).__name__
 
 
 def _os_reason(exc: OSError) -> str:
