@@ -323,7 +323,8 @@ async def _audited(request: web.Request, action: str, fn: Callable[[], Awaitable
             extra["count"] = request[COUNT]
         loc = tuple(x[:300] if isinstance(x, str) else x for x in loc)
         request.app[AUDIT].write(action, identity=request.get(IDENTITY), project=loc[0], environment=loc[1],
-                                 path=loc[2], client=client_addr(request), status=status, **extra)
+                                 path=loc[2], client=client_addr(request), status=status,
+                                 user_agent=request.headers.get("User-Agent", "")[:300] or None, **extra)
 
 
 async def list_secrets(request: web.Request) -> web.Response:

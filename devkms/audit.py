@@ -26,10 +26,11 @@ class AuditLog:
         return self._stream or sys.stderr
 
     def write(self, action: str, *, identity: str | None, project: str | None, environment: str | None,
-              path: str | None, client: str | None, status: int, **extra: Any) -> None:
+              path: str | None, client: str | None, status: int, user_agent: str | None = None, **extra: Any) -> None:
+        # user_agent: the agent names its pod there (kms-injector-agent/V (pod=NS/NAME)), as KMS records it
         record = {"ts": iso_now(), "component": "dev-kms", "event": "audit", "action": action, "identity": identity,
                   "project": project, "environment": environment, "path": path, "client": client,
-                  "status": status, **extra}
+                  "user_agent": user_agent, "status": status, **extra}
         try:
             out = self._out()
             out.write(json.dumps(record, separators=(",", ":")) + "\n")

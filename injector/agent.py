@@ -361,15 +361,17 @@ async def watch_credentials(agent: Agent) -> None:
         current = _fingerprint(files)
         if current != last:
             last = current
-            invalidate_credentials(agent.client)
-            agent.log.info("credentials_changed", action="fresh login with the new credentials")
-            agent.wake("credentials changed")
+            if invalidate_credentials(agent.client):
+                agent.log.info("credentials_changed", action="fresh login with the new credentials")
+                agent.wake("credentials changed")
+            else:  # kubernetes auth: kubelet rotated the projected token; the KMS token stays good
+                agent.log.info("credentials_changed", action="none: the next login reads the new file")
         await anext(events)
 
 
-def invalidate_credentials(client: Any) -> None:
-    """Drop the cached token so the next request logs in with the files' current content."""
-    client.invalidate()
+def invalidate_credentials(client: Any) -> bool:
+    """Tell the client the files changed; True when a fresh login (and a fetch now) is due."""
+    return bool(client.credentials_changed())
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -515,6 +517,7 @@ async def run(config: AgentConfig, log: Logger) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from injector.proc_guard import make_non_dumpable; make_non_dumpable()  # first: same-uid apps must not read /proc/<agent>/{root,environ,mem}
     from injector.agent_cli import load_config
 
     try:

@@ -25,11 +25,12 @@ How the pieces combine (the contract apps rely on):
   template file name or to a source folder name is skipped with a reason (the template or the
   folder wins), because a key cannot be both.
 - dotenv: a key must be an environment variable name ([A-Za-z_][A-Za-z0-9_]*) and a value must
-  not contain NUL, else the key is skipped with a reason. Values are written `KEY='value'`
-  (literal in sh, python-dotenv, docker compose and node dotenv) unless they contain `'`, `\\`,
-  CR or LF; those are written `KEY="..."` with `\\\\`, `\\"`, `\\n`, `\\r` escapes (python-dotenv /
-  compose double-quote rules). Loaders that interpolate `${...}` inside double quotes may expand
-  such a value; use json/yaml for values that mix quotes and `${`.
+  not contain NUL, else the key is skipped with a reason. Every value is written for POSIX `sh`
+  (`. ./.env`): inside single quotes, where nothing is expanded (`$`, backticks, `\\`, newlines
+  are literal), and each `'` as `'\\''` (close, escaped quote, reopen). So sourcing the file runs
+  nothing a secret holds and yields the exact value. A value with a newline spans lines, as sh
+  reads it; loaders that are not sh may read `'\\''` or multi-line values differently: use
+  json/yaml for those.
 - json: one object, sorted keys, 2-space indent, trailing newline.
 - yaml: hand-written emitter (importing PyYAML costs ~20 ms of agent start-up): one
   `"KEY": "value"` line per key, sorted, as YAML double-quoted scalars with every non-printable
@@ -180,10 +181,8 @@ def _dotenv(values: Mapping[str, str], prefix: str, skipped: list[tuple[str, str
 
 
 def dotenv_quote(value: str) -> str:
-    if not any(c in value for c in "'\\\n\r"):
-        return f"'{value}'"
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    return f'"{escaped}"'
+    """`value` single-quoted for sh: literal as is; each `'` becomes `'\\''`."""
+    return "'" + value.replace("'", "'\\''") + "'"
 
 
 def _json(values: Mapping[str, str]) -> bytes:

@@ -2,7 +2,8 @@
 
 Layout under the target directory (the same as a Kubernetes Secret volume):
 
-    ..2026_11_28_18_00_00.123456789/   one complete version (files mode `file_mode`, dirs 0755)
+    ..2026_11_28_18_00_00.123456789/   one complete version (files mode `file_mode`, dirs 0755,
+                                       setgid kept when the volume is setgid: fsGroup)
     ..data -> ..2026_11_28_18_00_00.123456789
     KEY    -> ..data/KEY                one link per top-level entry (a file, or a folder NAME/)
 
@@ -23,6 +24,11 @@ folders `..data` does not point at, `..data_tmp`, a half-made link, links to ent
 version does not have, and adds missing links. One writer per directory (the init container and
 then the sidecar, never both at once), as with kubelet.
 
+Test-only crash hook: with KMS_TEST_CRASH_AT=STEP in the environment, the writer SIGKILLs its own
+process when it reaches STEP (one of CRASH_STEPS), so crash tests hit each step on purpose instead
+of hoping a timed kill lands mid-write. Never set it outside tests; unset, it costs one dict
+lookup at import and a None comparison per step.
+
 Nothing is written outside the target directory: every relative path is validated per component
 (`keys.unsafe_key_reason`: no absolute paths, no `..`, no NUL, no `..` prefixes that could hit
 `..data`), and all file operations go through directory file descriptors with O_NOFOLLOW, so even
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat
 import time
 from typing import Any, Callable, Mapping, TypeVar
@@ -47,6 +54,24 @@ LINK_TMP = "..link_tmp"
 DIR_MODE = 0o755
 _VERSION_DIR = re.compile(r"\.\.\d{4}_\d\d_\d\d_\d\d_\d\d_\d\d\.\d+\Z")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# Where a write can be cut, in order (see the test-only crash hook in the module docstring).
+CRASH_STEPS = (
+    "version-dir-made",   # an empty new version folder exists
+    "first-file-written",  # the new version holds one file of several
+    "version-written",    # every file is written and synced; no new link yet
+    "links-made",         # links of new top entries exist (dangling until the swap)
+    "data-tmp-made",      # ..data_tmp points at the new version; ..data still the old one
+    "data-swapped",       # ..data names the new version; stale links and the old version remain
+    "links-removed",      # links of removed entries are gone; the old version folder remains
+    "repair-started",     # repair() removed one leftover of a previous crash, not all
+)
+_CRASH_AT = os.environ.get("KMS_TEST_CRASH_AT") or None
+
+
+def _crash_point(step: str) -> None:
+    if _CRASH_AT is not None and _CRASH_AT == step:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class UnsafePathError(ValueError):
@@ -104,14 +129,19 @@ class AtomicWriter:
                     self._debug("files_unchanged", files=len(files))
                     return False
             new = self._write_version(dfd, files)
+            _crash_point("version-written")
             tops = _top_entries(files)
             self._sync_links(dfd, tops, create_only=True)
+            _crash_point("links-made")
             _unlink_quiet(dfd, DATA_TMP)
             os.symlink(new, DATA_TMP, dir_fd=dfd)
+            _crash_point("data-tmp-made")
             os.rename(DATA_TMP, DATA, src_dir_fd=dfd, dst_dir_fd=dfd)  # the atomic switch
             if self.fsync:
                 os.fsync(dfd)
+            _crash_point("data-swapped")
             removed = self._sync_links(dfd, tops)
+            _crash_point("links-removed")
             if old is not None and old != new:
                 _rmtree_quiet(dfd, old)
             self._last = (new, files)
@@ -144,6 +174,7 @@ class AtomicWriter:
         for name in leftovers:
             _rmtree_quiet(dfd, name)
             removed.append(name)
+            _crash_point("repair-started")
         if current is not None:
             vfd = os.open(current, _DIR_FLAGS, dir_fd=dfd)
             try:
@@ -158,12 +189,15 @@ class AtomicWriter:
 
     def _write_version(self, dfd: int, files: dict[str, bytes]) -> str:
         name = _make_version_dir(dfd)
+        _crash_point("version-dir-made")
         try:
             root = os.open(name, _DIR_FLAGS, dir_fd=dfd)
             dir_fds: dict[str, int] = {"": root}
             try:
-                os.fchmod(root, DIR_MODE)
-                for rel in sorted(files):
+                _set_dir_mode(root)
+                for i, rel in enumerate(sorted(files)):
+                    if i == 1:
+                        _crash_point("first-file-written")
                     parent, _, leaf = rel.rpartition("/")
                     pfd = self._subdir(dir_fds, parent)
                     fd = os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
@@ -192,7 +226,7 @@ class AtomicWriter:
         pfd = self._subdir(dir_fds, parent)
         os.mkdir(leaf, DIR_MODE, dir_fd=pfd)
         fd = os.open(leaf, _DIR_FLAGS, dir_fd=pfd)
-        os.fchmod(fd, DIR_MODE)
+        _set_dir_mode(fd)
         dir_fds[rel] = fd
         return fd
 
@@ -324,11 +358,25 @@ def _make_version_dir(dfd: int) -> str:
         now = time.time_ns()
         name = time.strftime("..%Y_%m_%d_%H_%M_%S.", time.gmtime(now // 1_000_000_000)) + f"{now % 1_000_000_000:09d}"
         try:
-            os.mkdir(name, 0o700, dir_fd=dfd)
+            os.mkdir(name, DIR_MODE, dir_fd=dfd)  # private files stay 0600 until each is complete
             return name
         except FileExistsError:
             continue
     raise FileExistsError("could not create a unique version folder")
+
+
+def _set_dir_mode(fd: int) -> None:
+    """0755, keeping the setgid bit the directory inherited from its parent.
+
+    kubelet makes an fsGroup emptyDir setgid (group = fsGroup), so that everything in it gets the
+    pod's group and files of mode 0440 are readable by every container of the pod. mkdir already
+    inherited the bit and the group; a plain fchmod(0755) would clear the bit, and files made
+    below would get the agent's own group. chmod is skipped when the bits are right already: an
+    unprivileged chmod also drops setgid when the caller is not in the directory's group."""
+    have = stat.S_IMODE(os.fstat(fd).st_mode)
+    want = DIR_MODE | (have & stat.S_ISGID)
+    if have != want:
+        os.fchmod(fd, want)
 
 
 def _top_entries(files: Mapping[str, bytes]) -> set[str]:

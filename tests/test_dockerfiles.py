@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILES = {"agent": ROOT / "Dockerfile.agent", "webhook": ROOT / "Dockerfile.webhook"}
 BASE = re.compile(r"^python:3\.11-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?$")
 # What the agent image installs besides the kms-injector wheel (installed with --no-deps).
-AGENT_IMAGE_PACKAGES = {"watchfiles": "watchfiles", "pyyaml": "yaml"}  # distribution -> import name
+AGENT_IMAGE_PACKAGES = {"h11": "h11", "watchfiles": "watchfiles", "pyyaml": "yaml"}  # distribution -> import name
 
 
 def hadolint_path() -> Path:

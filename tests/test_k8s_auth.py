@@ -48,23 +48,37 @@ async def test_init_and_sidecar_log_in_with_the_token_file_and_follow_its_rotati
         assert read_folder(mount) == {**SHARED, **CHAT}
         assert kms.stats()["routes"].get(K8S_LOGIN) == 1
 
-        agent = spawn(agent_args(kms.base_url, mount, tmp_path / "no-auth-dir", "--refresh-interval", "300s"),
+        agent = spawn(agent_args(kms.base_url, mount, tmp_path / "no-auth-dir", "--refresh-interval", "5s"),
                       tmp_path, "sidecar", env=k8s_env(token))
         try:
             await wait_for(lambda: agent.events("first_sync"), what="sidecar first sync")
             assert [e["method"] for e in agent.events("kms_login")] == ["kubernetes-auth"]
             logins = kms.stats()["routes"][K8S_LOGIN]
 
-            # kubelet swaps in a token KMS will not accept (signed by another key): the forced fresh
-            # login reads the NEW file, so it fails, naming the check, and the files stay.
+            # Issue 12 point 7: kubelet rotates the token (every ~8 min for a 600 s token). The KMS
+            # token from the last login stays valid: no login, no TokenReview, fetches go on.
+            for i in range(2):
+                write_token(tmp_path / "sa", make_jwt(key, sa=f"rotation-{i}"))
+                await wait_for(lambda: len(agent.events("credentials_changed")) > i, timeout=30, what="the rotation seen")
+                kms.set_secret(PROJECT, ENV, "/chat", "API_KEY", f"VALUE-rotation-{i}")
+                await wait_for(lambda: (mount / "API_KEY").read_text() == f"VALUE-rotation-{i}", timeout=30, what="a fetch after the rotation")
+            assert kms.stats()["routes"][K8S_LOGIN] == logins
+            assert {e["action"] for e in agent.events("credentials_changed")} == {"none: the next login reads the new file"}
+
+            # kubelet swaps in a token KMS will not accept (signed by another key), and KMS drops the
+            # agent's token: the login that follows reads the NEW file, so it fails, naming the
+            # check, and the files stay.
             bad = make_jwt(other, sa="rotated")
             write_token(tmp_path / "sa", bad)
-            await wait_for(lambda: agent.events("sync_failing"), timeout=20, what="login with the replaced token")
+            await wait_for(lambda: len(agent.events("credentials_changed")) > 2, timeout=30, what="the bad token seen")
+            assert kms.state.expire_tokens() >= 1
+            await wait_for(lambda: agent.events("sync_failing"), timeout=30, what="login with the replaced token")
             failing = agent.events("sync_failing")[0]
             assert "signature" in failing["error"] and "status=401" in failing["error"], failing
-            assert read_folder(mount) == {**SHARED, **CHAT}
+            assert read_folder(mount) == {**SHARED, **CHAT, "API_KEY": "VALUE-rotation-1"}
 
-            # kubelet rotates again to a good token: the next login uses it and the agent recovers.
+            # kubelet rotates again to a good token: with no valid KMS token, the change wakes a
+            # login with it at once, and the agent recovers.
             good = make_jwt(key, sa="rotated-again")
             write_token(tmp_path / "sa", good)
             kms.set_secret(PROJECT, ENV, "/chat", "API_KEY", "VALUE-after-token-rotation")
@@ -73,6 +87,7 @@ async def test_init_and_sidecar_log_in_with_the_token_file_and_follow_its_rotati
             stats = kms.stats()
             assert stats["routes"][K8S_LOGIN] >= logins + 2  # one failed (bad token), one good
             assert len(agent.events("credentials_changed")) >= 2
+            assert agent.events("credentials_changed")[-1]["action"] == "fresh login with the new credentials"
             logs = init.stderr() + agent.stderr()
             for jwt in (first, bad, good):
                 assert jwt not in logs and jwt.split(".")[2] not in logs

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from injector.backoff import Backoff
 from devkms import Fault
-from injector.kms import KmsClient, retrying
+from injector.kms import KmsClient
 from injector.kms.auth import KubernetesAuthFile, UniversalAuthFiles
 from injector.kms.errors import (
     BadResponse,
@@ -54,6 +54,26 @@ async def until(cond: Callable[[], Awaitable[bool]], timeout: float = 20.0, step
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(step)
+
+
+async def retrying(call: Callable[[], Awaitable[Any]], *, backoff: Backoff, deadline: float,
+                   on_error: Callable[[KmsError, float], None] | None = None,
+                   should_retry: Callable[[KmsError], bool] = lambda e: e.retryable) -> Any:
+    """What a caller's retry loop does with the client's typed errors (injector/kms/retry.py had
+    this loop, used by nothing but these tests): retry what `err.retryable` says, never sooner
+    than a RateLimited's Retry-After, until `deadline` (time.monotonic()) would pass."""
+    while True:
+        try:
+            return await call()
+        except KmsError as err:
+            if not should_retry(err):
+                raise
+            delay = backoff.next_delay(floor=getattr(err, "retry_after", None) or 0.0)
+            if time.monotonic() + delay > deadline:
+                raise
+            if on_error is not None:
+                on_error(err, delay)
+            await asyncio.sleep(delay)
 
 
 def route_count(kms: Any, route: str) -> int:
@@ -451,3 +471,143 @@ async def test_kubernetes_auth_rereads_token_file(dev_kms_factory: Any, tmp_path
         client.invalidate()
         assert (await client.fetch(P, ENV, "/app")).secrets == APP_SECRETS
         assert route_count(kms, "POST /v1/auth/kubernetes-auth/login") == 3
+
+
+async def test_kubernetes_token_rotation_needs_no_login_and_the_next_login_reads_the_file(dev_kms_factory: Any, tmp_path: Path) -> None:
+    """Issue 12 point 7: a rotated projected token (the agent's watch calls credentials_changed())
+    keeps the KMS token; the login that comes anyway (here: KMS expired the token) reads the file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from devkms import tiny_seed
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    seed = tiny_seed()
+    seed["identities"].append({"name": "k8s-app", "id": "ident-k8s-app", "clientId": "k8s-app-id", "clientSecret": "unused-secret",
+                               "kubernetes": {"serviceAccounts": ["apps:chat"], "audience": "kms"},
+                               "access": [{"project": P, "environments": ["prod"], "paths": ["/**"], "read": True}]})
+    kms = await dev_kms_factory(seed=seed, k8s_public_key_pem=pem)
+    token_file = tmp_path / "token"
+    claims = {"sub": "system:serviceaccount:apps:chat", "aud": ["kms"], "exp": int(time.time()) + 600}
+    token_file.write_text(_jwt(key, claims))
+    creds = KubernetesAuthFile("ident-k8s-app", str(token_file))
+    assert creds.relogin_on_change is False and UniversalAuthFiles(str(tmp_path)).relogin_on_change is True
+    async with KmsClient(kms.base_url, creds) as client:
+        assert (await client.fetch(P, ENV, "/app")).secrets == APP_SECRETS
+        for i in range(3):  # kubelet rotates the token three times
+            token_file.write_text(_jwt(key, {**claims, "iat": int(time.time()) + i}))
+            assert client.credentials_changed() is False  # nothing to do now
+            assert (await client.fetch(P, ENV, "/app")).secrets == APP_SECRETS
+        assert route_count(kms, "POST /v1/auth/kubernetes-auth/login") == 1
+        # the next login (KMS dropped the token) reads the file as it is now: a service account the
+        # identity does not allow, so that login visibly used the newest file
+        token_file.write_text(_jwt(key, {**claims, "sub": "system:serviceaccount:apps:other"}))
+        assert client.credentials_changed() is False
+        assert kms.state.expire_tokens("k8s-app") >= 1
+        with pytest.raises(InvalidCredentials, match="not allowed"):
+            await client.fetch(P, ENV, "/app")
+        assert route_count(kms, "POST /v1/auth/kubernetes-auth/login") == 2
+        # with no valid token, a changed file is worth a login now
+        token_file.write_text(_jwt(key, claims))
+        assert client.credentials_changed() is True
+        assert (await client.fetch(P, ENV, "/app")).secrets == APP_SECRETS
+
+
+async def test_universal_auth_change_drops_the_token(dev_kms: Any, tmp_path: Path) -> None:
+    async with KmsClient(dev_kms.base_url, write_creds(tmp_path, "svc")) as client:
+        await client.fetch(P, ENV, "/app")
+        assert client.credentials_changed() is True and client.tokens.valid_token() is None
+        await client.fetch(P, ENV, "/app")
+        assert client.tokens.logins == 2
+
+
+class _GatedLogins:
+    """A KMS whose logins wait on a gate: a login is "in flight" for as long as the test wants.
+    Tokens name the clientSecret they were minted from (a test server; never a real secret)."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.arrived = asyncio.Event()
+        self.logins: list[str] = []
+        self.lists: list[str] = []
+        self.expires_in = 3600.0
+
+    def app(self) -> web.Application:
+        async def login(request: web.Request) -> web.Response:
+            secret = (await request.json())["clientSecret"]
+            self.logins.append(secret)
+            self.arrived.set()
+            await self.gate.wait()
+            return web.json_response({"accessToken": f"tok-{secret}-{len(self.logins)}", "expiresIn": self.expires_in,
+                                      "accessTokenMaxTTL": 7200})
+
+        async def secrets(request: web.Request) -> web.Response:
+            token = request.headers["Authorization"].removeprefix("Bearer ")
+            self.lists.append(token)
+            return web.json_response({"secrets": [{"secretKey": "K", "secretValue": "v"}]}, headers={"ETag": '"e"'})
+
+        app = web.Application()
+        app.router.add_post("/api/v1/auth/universal-auth/login", login)
+        app.router.add_get("/api/v3/secrets/raw", secrets)
+        return app
+
+
+async def test_login_in_flight_during_a_credential_rotation_is_not_kept(tmp_path: Path) -> None:
+    """Issue 12 point 8: invalidate() while a login with the OLD credentials is in flight. That
+    login's token must not become the current one (it would be renewed to its max TTL)."""
+    kms = _GatedLogins()
+    async with _serve(kms.app()) as base:
+        async with KmsClient(base, write_creds(tmp_path, "svc", "old-secret")) as client:
+            kms.gate.clear()
+            kms.arrived.clear()
+            first = asyncio.create_task(client.fetch(P, ENV, "/app"))
+            await asyncio.wait_for(kms.arrived.wait(), 20)  # the old-credentials login is at the server
+            write_creds(tmp_path, "svc", "new-secret")
+            dropped = client.invalidate()  # what the credential watch does
+            kms.gate.set()
+            await asyncio.wait_for(first, 20)
+            assert kms.logins == ["old-secret", "new-secret"]
+            assert dropped is False  # there was no token yet: nothing dropped, the login in flight is void
+            assert kms.lists == ["tok-new-secret-2"]  # the fetch used the new credentials' token
+            assert client.tokens.valid_token() == "tok-new-secret-2"
+            await client.fetch(P, ENV, "/app")
+            assert kms.lists[-1] == "tok-new-secret-2" and len(kms.logins) == 2
+
+
+async def test_invalidate_with_a_token_drops_only_that_token(tmp_path: Path) -> None:
+    """A 401 seen with an old token (e.g. on the event stream) must not throw away a fresh one."""
+    kms = _GatedLogins()
+    async with _serve(kms.app()) as base:
+        async with KmsClient(base, write_creds(tmp_path, "svc", "s")) as client:
+            await client.fetch(P, ENV, "/app")
+            old = client.tokens.valid_token()
+            assert old == "tok-s-1"
+            assert client.invalidate("some-other-token") is False
+            assert client.tokens.valid_token() == old
+            assert client.invalidate(old) is True and client.tokens.valid_token() is None
+            await client.fetch(P, ENV, "/app")
+            fresh = client.tokens.valid_token()
+            assert fresh == "tok-s-2"
+            assert client.invalidate(old) is False  # the refused token is gone already: keep the fresh one
+            assert client.tokens.valid_token() == fresh
+            await client.fetch(P, ENV, "/app")
+            assert len(kms.logins) == 2 and kms.lists == ["tok-s-1", "tok-s-2", "tok-s-2"]
+
+            # A refusal of the expired current token while its replacement's login is in flight
+            # drops the expired one and lets that login finish: one login, not two.
+            kms.expires_in = 0.2
+            client.invalidate()
+            await client.fetch(P, ENV, "/app")  # tok-s-3, short-lived
+            await until(lambda: _true(client.tokens.valid_token() is None))
+            expired = client.tokens._token.value  # type: ignore[union-attr]
+            kms.expires_in = 3600.0
+            kms.gate.clear()
+            kms.arrived.clear()
+            task = asyncio.create_task(client.fetch(P, ENV, "/app"))
+            await asyncio.wait_for(kms.arrived.wait(), 20)
+            assert client.invalidate(expired) is True
+            kms.gate.set()
+            await asyncio.wait_for(task, 20)
+            assert len(kms.logins) == 4 and kms.lists[-1] == "tok-s-4" == client.tokens.valid_token()

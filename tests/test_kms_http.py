@@ -303,6 +303,136 @@ async def test_stale_kept_alive_connection_is_replaced() -> None:
             await client.close()
 
 
+async def _drop_second_request_per_connection(seen: list[str]):
+    """A server that answers the first request of each connection (keep-alive, no "Connection:
+    close") and closes the connection right after reading the second one, without answering:
+    what a server's idle timeout does to a request racing its FIN."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for n in range(2):
+            try:
+                head = await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                break
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+            if length:
+                await reader.readexactly(length)
+            seen.append(head.split(b" ", 2)[0].decode() + (" answered" if n == 0 else " dropped"))
+            if n == 0:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        writer.close()
+
+    return raw_server(handler)
+
+
+async def test_stale_connection_retries_only_requests_safe_to_repeat() -> None:
+    """Issue 12 point 11: a GET on a connection the server dropped is re-sent once on a fresh
+    connection (counted); a POST (login, renew: the server may have acted on it) never is."""
+    seen: list[str] = []
+    async with await _drop_second_request_per_connection(seen) as port:
+        client = HttpClient(f"http://127.0.0.1:{port}")
+        try:
+            for _ in range(5):
+                assert (await client.request("GET", "/x")).body == b"ok"
+            assert client.stale_retries == 4  # every GET after the first hit a dropped connection
+            assert client.connections_opened == 5
+            assert seen == ["GET answered"] + ["GET dropped", "GET answered"] * 4
+            with pytest.raises(ConnectError, match="not re-sent"):
+                await client.request("POST", "/v1/auth/universal-auth/login", json={"clientId": "x"})
+            assert seen[-1] == "POST dropped" and seen.count("POST dropped") == 1 and "POST answered" not in seen
+            assert client.stale_retries == 4
+            # a POST on a fresh connection is answered as usual
+            assert (await client.request("POST", "/v1/auth/token/renew", json={})).body == b"ok"
+        finally:
+            await client.close()
+
+
+BAD_FRAMINGS = [
+    # chunk sizes: hex digits only (int(x, 16) took all of these)
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0_5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n 5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n-0\r\n\r\n",
+    # Content-Length: ASCII digits only, one value ('\xb2' is latin-1 superscript two: isdigit() said yes)
+    b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0x2\r\n\r\nok",
+    # header lines: no space before the colon, no bare names
+    b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nJunk\r\nContent-Length: 2\r\n\r\nok",
+]
+
+
+@pytest.mark.parametrize("reply", BAD_FRAMINGS, ids=range(len(BAD_FRAMINGS)))
+async def test_strict_framing_refuses_loose_sizes_and_lengths(reply: bytes) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(handler) as port:
+        client = HttpClient(f"http://127.0.0.1:{port}")
+        try:
+            with pytest.raises(ProtocolError):
+                await client.request("GET", "/x")
+            # the event stream gets the same typed error (a stray ValueError killed the watcher)
+            with pytest.raises(ProtocolError):
+                async with client.stream("POST", "/events", json={}) as resp:
+                    async for _ in resp.lines(idle_timeout=10):
+                        pass
+        finally:
+            await client.close()
+
+
+@pytest.mark.parametrize("reply", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nVALUE-secret-9f1\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nVALUE-secret-9f1\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Broken VALUE-secret-9f1\r\nContent-Length: 2\r\n\r\nok",
+    b"VALUE-secret-9f1 200 OK\r\n\r\n",
+])
+async def test_framing_errors_never_quote_the_bytes(reply: bytes) -> None:
+    """h11 quotes what it could not parse; those bytes may be secret values: never in our errors."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(handler) as port:
+        client = HttpClient(f"http://127.0.0.1:{port}")
+        try:
+            with pytest.raises(ProtocolError) as info:
+                await client.request("GET", "/x", headers={"Authorization": "Bearer tok-secret-77"})
+            assert "secret" not in str(info.value) and "VALUE" not in str(info.value), str(info.value)
+        finally:
+            await client.close()
+    with pytest.raises(ValueError) as bad:  # our own header refused by h11: the token is not quoted
+        await HttpClient("http://127.0.0.1:1").request("GET", "/x", headers={"Authorization": "Bearer tok-secret-77\x01"})
+    assert "tok-secret" not in str(bad.value)
+
+
+async def test_chunk_extensions_and_trailers_are_accepted() -> None:
+    reply = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+             b"5;name=value\r\nhello\r\nA\r\n 0123456789\r\n0\r\nX-Trailer: t\r\n\r\n")
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(reply.replace(b"\r\n 0123456789", b"\r\n0123456789"))
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(handler) as port:
+        client = HttpClient(f"http://127.0.0.1:{port}")
+        try:
+            assert (await client.request("GET", "/x")).body == b"hello0123456789"
+        finally:
+            await client.close()
+
+
 async def test_connection_refused_is_connect_error() -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -384,3 +514,62 @@ def test_import_is_light() -> None:
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == ""
+
+
+async def test_malformed_content_length_on_the_event_stream_does_not_kill_the_subscriber(tmp_path: Path) -> None:
+    """Issue 12 point 11: `Content-Length: ²` on the event stream raised a ValueError past the
+    client's typed errors and ended the subscriber for the pod's life; now it is a ProtocolError
+    (an HttpError), so the subscriber backs off and reconnects."""
+    from injector.backoff import Backoff
+    from injector.kms import KmsClient
+    from injector.kms.auth import UniversalAuthFiles
+    from injector.kms.events import EventSubscriber
+
+    subscribes = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal subscribes
+        try:
+            while True:
+                head = await _read_request(reader)
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+                if length:
+                    await reader.readexactly(length)
+                if b"/universal-auth/login" in head.split(b"\r\n")[0]:
+                    body = b'{"accessToken": "tok", "expiresIn": 3600, "accessTokenMaxTTL": 7200}'
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                    await writer.drain()
+                    continue
+                subscribes += 1
+                if subscribes == 1:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: \xb2\r\n\r\n")
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                 b"7\r\n: ping\n\r\n")
+                await writer.drain()
+                await reader.read()  # hold the stream open until the client goes
+                break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    creds = tmp_path / "auth"
+    creds.mkdir()
+    (creds / "clientId").write_text("id")
+    (creds / "clientSecret").write_text("secret")
+    async with raw_server(handler) as port:
+        client = KmsClient(f"http://127.0.0.1:{port}/api", UniversalAuthFiles(str(creds)))
+        sub = EventSubscriber(client, "proj", "prod", ["/app"], backoff=Backoff(base=0.01, cap=0.02))
+        task = asyncio.create_task(sub.run(lambda ev: None))
+        try:
+            for _ in range(800):  # up to 20 s
+                if sub.connected or task.done():
+                    break
+                await asyncio.sleep(0.025)
+            assert not task.done(), task.exception()
+            assert sub.connected and sub.failures == 1 and subscribes == 2
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await client.close()

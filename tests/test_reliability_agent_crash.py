@@ -1,13 +1,14 @@
 """Crash safety at the AGENT level (issue 6 item 2): the real agent subprocess is SIGKILLed at
-random points while it writes rotations, and a separate reader process checks every snapshot it
-opens (tests/test_reader_consistency.py's reader, reused: each file self-describes its version,
-key and length, so mixed, partial or incomplete versions are detected). After every kill `..data`
-names one complete version; the next agent start repairs whatever a kill left behind (version
-folders nobody points at, `..data_tmp`, dangling links).
+every step of a write, and a separate reader process checks every snapshot it opens
+(tests/test_reader_consistency.py's reader, reused: each file self-describes its version, key and
+length, so mixed, partial or incomplete versions are detected). After every kill `..data` names
+one complete version; the next agent start repairs whatever a kill left behind (version folders
+nobody points at, `..data_tmp`, dangling links).
 
-Kills are timed two ways: half at a random delay after exec (start-up, login, fetch or write),
-half the moment a new version folder appears (mid-write). Budget: ~20 s in `make test`; `make
-soak` (KMS_SOAK=1) runs 200 rotations.
+Kills come two ways, alternating: at a named step of the writer (the test-only hook
+KMS_TEST_CRASH_AT=STEP makes the agent SIGKILL itself there: each of writer.CRASH_STEPS in turn,
+so every step is hit on purpose, issue 12 "Also"), and at a random delay after exec (start-up,
+login, fetch or write). Budget: ~20 s in `make test`; `make soak` (KMS_SOAK=1) runs 200 rotations.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from devkms.server import run_dev_kms
-from injector.writer import DATA, read_current
+from injector.writer import CRASH_STEPS, DATA, read_current
 from tests.agent_support import CLIENT_ID, CLIENT_SECRET, ENV, PROJECT, agent_args, seed, spawn, write_credentials
 from tests.test_reader_consistency import assert_clean, check, payload, start_reader, stop_reader
 
@@ -97,54 +98,72 @@ async def test_agent_sigkilled_mid_rotation_never_exposes_a_partial_version(tmp_
         reader, stop = start_reader(tmp_path, mount)
 
         stats = {"seed": rng_seed, "runs": 0, "kills": 0, "kills_mid_write": 0, "kills_after_delay": 0,
-                 "completed_before_kill": 0, "leftovers_seen": 0, "repaired_by_next_start": 0, "rotations": 0}
+                 "completed_before_kill": 0, "leftovers_seen": 0, "repaired_by_next_start": 0, "rotations": 0,
+                 "steps": {step: 0 for step in CRASH_STEPS}}
         pending: set[str] = set()  # leftovers of the last kill: the next start must remove them
         t_run = 0.6  # exec-to-write estimate, refined from runs that completed
         n = 0
+        # Each round: a kill at every writer step in order ("links-removed" leaves the old version
+        # folder, so "repair-started" always has something to repair), then four random kills.
+        schedule: list[str | None] = [*CRASH_STEPS, None, None, None, None]
         deadline = time.monotonic() + BUDGET
         try:
-            while time.monotonic() < deadline or stats["rotations"] < MIN_ROTATIONS:
+            while time.monotonic() < deadline or stats["rotations"] < MIN_ROTATIONS or stats["runs"] < 2 * len(schedule):
                 n += 1
                 rotate(kms, n)
                 stats["rotations"] += 1
                 before = os.readlink(mount / DATA)
-                mid_write = rng.random() < 0.5
+                before_version = current_version(mount)
+                step = schedule[stats["runs"] % len(schedule)]
                 delay = rng.uniform(0.0, t_run * 1.3)
-                agent = spawn(argv, tmp_path, f"agent-{stats['runs'] % 4}")
+                agent = spawn(argv, tmp_path, f"agent-{stats['runs'] % 4}", env={"KMS_TEST_CRASH_AT": step} if step else None)
                 stats["runs"] += 1
                 t0 = time.monotonic()
+                hit = False  # the writer killed itself at `step`
                 try:
                     while True:
                         elapsed = time.monotonic() - t0
-                        if agent.popen.poll() is not None:
-                            raise AssertionError(f"agent exited {agent.popen.returncode}: {agent.stderr()[-1500:]}")
-                        if mid_write and any(e.startswith("..2") and e != before for e in os.listdir(mount)) \
-                                and os.readlink(mount / DATA) == before:
-                            stats["kills_mid_write"] += 1
+                        code = agent.popen.poll()
+                        if code is not None:
+                            if step is None:
+                                raise AssertionError(f"agent exited {code}: {agent.stderr()[-1500:]}")
+                            assert code == -signal.SIGKILL, f"agent exited {code}, not killed at {step}: {agent.stderr()[-1500:]}"
+                            hit = True
                             break
-                        if os.readlink(mount / DATA) != before:  # this run's version is live
+                        if step is None and os.readlink(mount / DATA) != before:  # this run's version is live
                             t_run = 0.7 * t_run + 0.3 * elapsed
-                            if not mid_write and elapsed < delay:
+                            if elapsed < delay:
                                 await asyncio.sleep(delay - elapsed)
                             stats["completed_before_kill"] += 1
                             break
-                        if not mid_write and elapsed >= delay:
+                        if step is None and elapsed >= delay:
                             stats["kills_after_delay"] += 1
                             break
                         if elapsed > 30:
-                            raise AssertionError(f"agent wrote nothing in 30 s: {agent.stderr()[-1500:]}")
-                        await asyncio.sleep(0.0005 if mid_write else 0.005)
+                            raise AssertionError(f"agent neither wrote nor reached {step} in 30 s: {agent.stderr()[-1500:]}")
+                        await asyncio.sleep(0.005)
                 finally:
                     agent.popen.send_signal(signal.SIGKILL)
                     agent.popen.wait()
                 stats["kills"] += 1
+                version = current_version(mount)
+                if step is not None:
+                    assert hit, step
+                    stats["steps"][step] += 1
+                    if step == "repair-started":
+                        assert version == before_version  # killed before it wrote anything
+                    else:
+                        stats["kills_mid_write"] += 1
+                        # before the swap the old version is live, from it on the new one: never a mix
+                        swapped = CRASH_STEPS.index(step) >= CRASH_STEPS.index("data-swapped")
+                        assert version == (n if swapped else before_version), (step, version, n, before_version)
+                        assert leftovers(mount), f"a kill at {step} left nothing to repair"
                 if agent.events("first_sync"):
                     # That start repaired and then completed a write: nothing may be left over, neither
                     # from earlier kills nor from its own write.
                     assert not leftovers(mount), f"not repaired by the next start: {leftovers(mount)}"
                     stats["repaired_by_next_start"] += bool(pending)
                     pending = set()
-                version = current_version(mount)
                 assert version <= n, version
                 left = leftovers(mount)
                 if left:
@@ -165,6 +184,7 @@ async def test_agent_sigkilled_mid_rotation_never_exposes_a_partial_version(tmp_
     assert stats["kills"] >= 10, stats
     assert stats["kills_mid_write"] + stats["kills_after_delay"] >= 5, stats
     assert stats["leftovers_seen"] >= 1, f"no kill landed mid-write, repair was not exercised: {stats}"
+    assert all(count >= 1 for count in stats["steps"].values()), f"a writer step was never hit: {stats['steps']}"
     markers = {"client secret": CLIENT_SECRET, "a payload body": "x" * 64}
     assert_no_leaks(logs, markers)
     print(json.dumps({**stats, "reader": reader_stats}))

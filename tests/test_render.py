@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -138,9 +139,10 @@ def test_dotenv_lines_and_skips():
 
 def test_dotenv_quoting_rules():
     assert dotenv_quote("plain $HOME ${X} `id` \"q\"") == "'plain $HOME ${X} `id` \"q\"'"
-    assert dotenv_quote("it's") == '"it\'s"'
-    assert dotenv_quote("a\\b") == '"a\\\\b"'
-    assert dotenv_quote('a\n"b"\r') == '"a\\n\\"b\\"\\r"'
+    # issue 12 point 6: single quotes for every value; a quote is closed, escaped, reopened
+    assert dotenv_quote("it's") == "'it'\\''s'"
+    assert dotenv_quote("a\\b") == "'a\\b'"
+    assert dotenv_quote('a\n"b"\r') == "'a\n\"b\"\r'"
 
 
 def test_dotenv_single_quoted_values_survive_a_real_shell(tmp_path):
@@ -153,18 +155,43 @@ def test_dotenv_single_quoted_values_survive_a_real_shell(tmp_path):
         assert out.stdout.decode() == value, key
 
 
-def test_dotenv_double_quoted_values_decode_back():
-    # python-dotenv / compose double-quote escapes: \\ \" \n \r
-    import codecs
+HOSTILE = {
+    "SUBST": "$(touch pwned-subst)",
+    "BACKTICK": "`touch pwned-backtick`",
+    "VAR": "$HOME ${HOME} $$ $0 $1 ${X:-y}",
+    "QUOTE_BREAK": "'; touch pwned-quote; '",
+    "QUOTE_ESCAPE": "'\\''$(touch pwned-esc)'\\''",
+    "DOUBLE": '"$(touch pwned-double)"',
+    "NEWLINE": "a\ntouch pwned-newline\n",
+    "CRLF": "x\r\ny\r",
+    "BACKSLASH": "C:\\path\\n \\' \\\\",
+    "MIXED": NASTY["MIXED"] + "$(touch pwned-mixed)",
+    "TRAILING_NL": "end\n\n",
+    "LONE_QUOTE": "'",
+    "HEREDOC": "<<EOF\nEOF\n;|&",
+}
 
-    r = render(cfg(format="dotenv"), {"": {"M": NASTY["MIXED"], "N": NASTY["NEWLINES"], "B": NASTY["BACKSLASH"]}})
-    lines = r.files[".env"].decode().splitlines()
-    assert len(lines) == 3  # newlines never break a line
-    for line in lines:
-        key, _, quoted = line.partition("=")
-        assert quoted[0] == quoted[-1] == '"'
-        decoded = codecs.decode(quoted[1:-1].replace('\\"', '"'), "unicode_escape")
-        assert decoded == {"M": NASTY["MIXED"], "N": NASTY["NEWLINES"], "B": NASTY["BACKSLASH"]}[key]
+
+# sh is required; the others add coverage where this machine has them
+SHELLS = ["sh"] + [s for s in ("bash", "dash", "busybox") if shutil.which(s)]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_dotenv_hostile_values_run_nothing_in_a_real_shell(tmp_path, shell):
+    """Issue 12 point 6: `. ./.env` executes nothing a KMS value holds and yields the exact bytes
+    (the NASTY values too: quotes, backslashes, CR/LF, which the old double-quoting mangled)."""
+    argv = [shell, "sh"] if shell == "busybox" else [shell]
+    values = {**HOSTILE, **{f"NASTY_{k}": v for k, v in NASTY.items()}}
+    r = render(cfg(format="dotenv"), {"": values})
+    assert not r.skipped
+    (tmp_path / ".env").write_bytes(r.files[".env"])
+    keys = sorted(values)
+    script = ". ./.env; printf '%s\\0' " + " ".join(f'"${k}"' for k in keys)
+    out = subprocess.run([*argv, "-c", script], cwd=tmp_path, capture_output=True, check=True, env={"PATH": "/usr/bin:/bin", "HOME": "/home-x"})
+    assert out.stderr == b"", out.stderr
+    got = out.stdout.split(b"\0")[:-1]
+    assert dict(zip(keys, (g.decode() for g in got))) == {k: values[k] for k in keys}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".env"], "sourcing .env ran a command"
 
 
 def test_aggregate_name_clashing_with_template_is_refused():

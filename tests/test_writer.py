@@ -240,3 +240,29 @@ def test_ten_thousand_keys_and_a_10mb_value(memory_dir):
     assert len(version_dirs(d)) == 1
     print(json.dumps({"write_s": round(t_write, 2), "compare_s": round(t_compare, 2), "fast_s": round(t_fast, 4)}))
     assert t_fast < t_compare  # the fast path must not re-read 10 MB from disk
+
+
+def test_setgid_volume_keeps_setgid_and_group_on_every_folder(tmp_path):
+    """Issue 12 point 1 (the uid-level test is tests/test_pod_uids.py): an fsGroup emptyDir is
+    setgid; every folder the writer makes keeps the bit, so files get the volume's group."""
+    d = tmp_path / "secrets"
+    d.mkdir()
+    gid = 4242 if os.geteuid() == 0 else os.getgid()
+    os.chown(d, -1, gid)
+    d.chmod(0o2777)
+    w = AtomicWriter(str(d), file_mode=0o440)
+    assert w.write({"A": b"1", "sub/B": b"2", "sub/deeper/C": b"3"})
+    assert w.write({"A": b"1b", "sub/B": b"2", "sub/deeper/C": b"3", "other/D": b"4"})
+    version = d / os.readlink(d / DATA)
+    for folder in (version, version / "sub", version / "sub" / "deeper", version / "other"):
+        st = folder.stat()
+        assert st.st_mode & stat.S_ISGID and stat.S_IMODE(st.st_mode) == 0o2755, (folder.name, oct(st.st_mode))
+        assert st.st_gid == gid
+    for rel in ("A", "sub/B", "sub/deeper/C", "other/D"):
+        st = (version / rel).stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o440, gid), rel
+    # a volume without setgid gets plain 0755 folders, as before
+    plain = tmp_path / "plain"
+    AtomicWriter(str(plain)).write({"x/y": b"1"})
+    v = plain / os.readlink(plain / DATA)
+    assert stat.S_IMODE(v.stat().st_mode) == stat.S_IMODE((v / "x").stat().st_mode) == 0o755

@@ -1,7 +1,16 @@
 """KMS authentication: credential sources read from files, and a token manager.
 
 Credential sources re-read their files at every login, so a rotated Secret (or a kubelet-rotated
-service-account token) is picked up by the next login without restarting the agent.
+service-account token) is picked up by the next login without restarting the agent. A source says
+whether a change of its files calls for a login right away (`relogin_on_change`): new universal-
+auth credentials do (the old ones may be revoked); a rotated projected service-account token does
+not (kubelet rotates it at 80% of its life, about every 8 minutes for 600 s, while the KMS token
+from the last login stays valid: the next login reads the new file).
+
+Generations: every token set or dropped bumps `TokenManager.generation`; a change of credentials
+(`invalidate()` without a token) also starts a new epoch, and a login or renewal that was in
+flight across it is not kept: its token came from the old credentials. `invalidate(token)` drops only that token, if it is still the
+current one, so a 401 seen with an old token never throws away a fresh one.
 
 The token manager logs in, renews at about 2/3 of the token's life, logs in afresh when a renewal
 would pass accessTokenMaxTTL (or, when the server gives no max TTL, instead of renewing), and logs
@@ -27,6 +36,7 @@ from injector.kms.errors import (
 from injector.kms.http import ConnectError, HttpClient, HttpError, RequestTimeout, Response
 
 RENEW_FRACTION = 2 / 3
+_STALE_LOGIN_TRIES = 3  # logins in a row whose credentials changed mid-flight before one is used anyway
 _MAX_CREDENTIAL_BYTES = 64 * 1024
 
 
@@ -35,6 +45,7 @@ class CredentialSource(Protocol):
 
     method: str  # short name for logs, e.g. "universal-auth"
     login_path: str  # API path of the login endpoint
+    relogin_on_change: bool  # a change of the files calls for a fresh login now (else: at the next login)
 
     def login_body(self) -> dict[str, str]:
         """The login request body; raises CredentialsUnavailable naming the file, never content."""
@@ -73,6 +84,7 @@ class UniversalAuthFiles:
 
     method = "universal-auth"
     login_path = "/v1/auth/universal-auth/login"
+    relogin_on_change = True  # rotated credentials: the old clientSecret may be revoked any moment
 
     def __init__(self, directory: str, id_file: str = "clientId", secret_file: str = "clientSecret") -> None:
         self.directory = directory
@@ -98,6 +110,9 @@ class KubernetesAuthFile:
 
     method = "kubernetes-auth"
     login_path = "/v1/auth/kubernetes-auth/login"
+    # kubelet rotates the projected token long before it expires; the KMS token stays valid, and
+    # the next login (renewal past max TTL, expiry, a 401) reads the new file.
+    relogin_on_change = False
 
     def __init__(self, identity_id: str, token_path: str) -> None:
         self.identity_id = identity_id
@@ -195,6 +210,8 @@ class TokenManager:
         self.log = logger
         self.clock = clock
         self._token: _Token | None = None
+        self._generation = 0  # token replaced or dropped
+        self._epoch = 0  # credentials changed (invalidate() without a token)
         self._lock = asyncio.Lock()
         # which rejections mean "log in afresh and retry once" (a backend may say it differently)
         self.needs_fresh_login: Callable[[Response], bool] = needs_fresh_login
@@ -210,9 +227,34 @@ class TokenManager:
             out.append(self._token.value)
         return out
 
-    def invalidate(self) -> None:
-        """Forget the token: the next call logs in afresh (e.g. credential files changed)."""
+    @property
+    def generation(self) -> int:
+        """Bumped whenever the token is replaced or dropped (for callers that cache a token)."""
+        return self._generation
+
+    def invalidate(self, token: str | None = None) -> bool:
+        """Forget the token so the next call logs in afresh. True when something was dropped.
+
+        `token=None` (credential files changed): drop whatever is current, and make a login or
+        renewal now in flight discard its result (it used the old credentials). `token=T` (T was
+        refused, e.g. a 401 on the event stream): drop the token only if T is still the current
+        one; a token another task got meanwhile is kept, and a login in flight goes on."""
+        if token is None:
+            self._epoch += 1
+        elif self._token is None or self._token.value != token:
+            return False
+        dropped = self._token is not None
         self._token = None
+        self._generation += 1
+        return dropped
+
+    def _store(self, tok: _Token, epoch: int) -> bool:
+        """Keep `tok` unless the credentials changed while it was being obtained."""
+        if self._epoch != epoch:
+            return False
+        self._token = tok
+        self._generation += 1
+        return True
 
     def valid_token(self) -> str | None:
         """The current token if it has not expired yet, without logging in or renewing."""
@@ -248,6 +290,16 @@ class TokenManager:
             raise
 
     async def _login(self) -> str:
+        for _ in range(_STALE_LOGIN_TRIES):
+            token, kept = await self._login_once()
+            if kept:
+                return token
+            # the credentials changed while this login was in flight: its token is from the old ones
+            self._log("info", "kms_login_discarded", method=self.credentials.method, reason="credentials changed during login")
+        return token  # they keep changing: use the last one for this call, and log in again next time
+
+    async def _login_once(self) -> tuple[str, bool]:
+        started = self._epoch
         sent = self.clock()
         where = {"host": self.host, "op": "login"}
         try:
@@ -265,12 +317,14 @@ class TokenManager:
             self.login_failures += 1
             raise error_from_response(resp.status, resp.body, resp.headers.get("retry-after"), redact, **where)
         token, expires_in, max_ttl = parse_token_response(resp, where, redact)
-        self._token = _Token(token, sent, expires_in, sent + max_ttl if max_ttl else None)
         self.logins += 1
+        if not self._store(_Token(token, sent, expires_in, sent + max_ttl if max_ttl else None), started):
+            return token, False
         self._log("info", "kms_login", method=self.credentials.method, expires_in=expires_in, max_ttl=max_ttl)
-        return token
+        return token, True
 
     async def _renew(self, tok: _Token) -> str:
+        started = self._epoch
         sent = self.clock()
         where = {"host": self.host, "op": "renew"}
         redact = self.redact()
@@ -281,9 +335,10 @@ class TokenManager:
         if resp.status != 200:  # 401 / 403 TokenError come back as InvalidCredentials(op="renew")
             raise error_from_response(resp.status, resp.body, resp.headers.get("retry-after"), redact, **where)
         token, expires_in, _ = parse_token_response(resp, where, redact)
-        # The session's max deadline is fixed at login; a renewal never extends it.
-        self._token = _Token(token, sent, expires_in, tok.max_deadline)
         self.renewals += 1
+        # The session's max deadline is fixed at login; a renewal never extends it.
+        if not self._store(_Token(token, sent, expires_in, tok.max_deadline), started):
+            return await self._login()  # invalidated while renewing: that session is the old credentials'
         self._log("info", "kms_token_renewed", expires_in=expires_in)
         return token
 
@@ -294,17 +349,17 @@ class TokenManager:
         if not self.needs_fresh_login(resp):
             return resp
         async with self._lock:
-            if self._token is not None and self._token.value == token:
-                self._token = None  # still the rejected one (no other task replaced it)
+            self.invalidate(token)  # only if still the rejected one (no other task replaced it)
             fresh = await self._refresh_locked()
         self._log("info", "kms_token_rejected_relogin", status=resp.status)
         return await send(fresh)
 
     async def revoke(self) -> bool:
         """Best-effort revoke of the current token (on shutdown). True when KMS accepted it."""
-        tok, self._token = self._token, None
+        tok = self._token
         if tok is None:
             return False
+        self.invalidate()
         try:
             resp = await self.http.request("POST", "/v1/auth/token/revoke", json={"accessToken": tok.value}, timeout=2.0)
         except HttpError:

@@ -11,24 +11,42 @@ once and falls back to canonical when that path answers 404, then logs
 `kms_api_detected` and sticks to it. Callers see the same fetch(), FetchResult and typed errors
 either way. Only the standard library is imported: this sits on the agent's start-up path.
 
-`build_client(config, logger)` makes the client an AgentConfig asks for (auth method, backend).
+`build_client(config, logger)` makes the client an AgentConfig asks for (auth method, backend,
+the CA bundle for https hosts). Every request says which pod sent it, in its User-Agent
+(`kms-injector-agent/0.1.0 (pod=NS/NAME)`, from the downward-API env the webhook injects), so the
+KMS audit log records who read what.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import os
+import re
+from typing import Any, Mapping
 
 from injector.kms.auth import CredentialSource, TokenManager, transport_error
 from injector.kms.errors import BadResponse, InvalidCredentials, KmsError, NotFound, PermissionDenied, error_from_response
 from injector.kms.http import HttpClient, HttpError, Response
-from injector.kms.retry import retrying
 from injector.kms.secrets import LOCAL_ETAG_PREFIX, FetchResult, HiddenValue, ShapeError, local_etag, parse_secrets
 
-__all__ = ["KmsClient", "FetchResult", "retrying", "build_client"]
+__all__ = ["KmsClient", "FetchResult", "build_client", "pod_user_agent"]
 
 SECRETS_PATH = "/v3/secrets/raw"
 APIS = ("infisical", "canonical", "auto")
+VERSION = "0.1.0"  # the distribution's version (pyproject.toml; a test keeps them equal)
+_POD_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}\Z")  # DNS names: what a pod/namespace name may be
+
+
+def pod_user_agent(env: Mapping[str, str] = os.environ) -> str:
+    """`kms-injector-agent/VERSION (pod=NAMESPACE/NAME)` from KMS_POD_NAMESPACE / KMS_POD_NAME.
+
+    Without them (outside a pod), or when they are not DNS names (nothing else may reach a
+    header), just `kms-injector-agent/VERSION`."""
+    base = f"kms-injector-agent/{VERSION}"
+    ns, name = env.get("KMS_POD_NAMESPACE", ""), env.get("KMS_POD_NAME", "")
+    if _POD_PART.match(ns) and _POD_PART.match(name):
+        return f"{base} (pod={ns}/{name})"
+    return base
 
 
 class KmsClient:
@@ -42,11 +60,13 @@ class KmsClient:
         ca_file: str | None = None,
         max_body: int = 16 * 1024 * 1024,
         api: str = "infisical",
+        user_agent: str | None = None,
     ) -> None:
         if api not in APIS:
             raise ValueError(f"api {api!r} is not accepted; use one of {', '.join(APIS)}")
         self.host = host
-        self.http = HttpClient(host, timeout=timeout, ca_file=ca_file, max_body=max_body)
+        self.http = HttpClient(host, timeout=timeout, ca_file=ca_file, max_body=max_body,
+                               user_agent=user_agent or pod_user_agent())
         self.credentials = credentials
         self.log = logger
         self.api_setting = api
@@ -65,9 +85,23 @@ class KmsClient:
         tm.needs_fresh_login = canonical.needs_fresh_login
         return tm
 
-    def invalidate(self) -> None:
-        """Log in afresh before the next request (credential files changed)."""
-        self.tokens.invalidate()
+    def invalidate(self, token: str | None = None) -> bool:
+        """Log in afresh before the next request. `token=None`: the credentials changed (drop the
+        current token, and any login in flight). `token=T`: T was refused; drop it only if it is
+        still the current token. True when a token was dropped. See TokenManager.invalidate."""
+        return self.tokens.invalidate(token)
+
+    def credentials_changed(self) -> bool:
+        """The credential files changed. True when the caller should fetch now with a fresh login.
+
+        Universal auth: the token is dropped (the next request logs in with the new files).
+        Kubernetes auth: a rotated projected token needs no login while the KMS token is valid
+        (the next login reads the file); with no valid token (the last login failed) the new
+        file is worth a try now, so True without dropping anything."""
+        if getattr(self.credentials, "relogin_on_change", True):
+            self.tokens.invalidate()
+            return True
+        return self.tokens.valid_token() is None
 
     def project_id(self, project: str) -> str:
         """The project's id when a secrets answer named it (`workspace`), else the slug itself."""
@@ -204,7 +238,9 @@ def build_client(config: Any, logger: Any = None) -> KmsClient:
     """The KmsClient an AgentConfig asks for: auth (universal | kubernetes) and api backend.
 
     Kubernetes auth reads the projected service-account token file at every login (kubelet
-    rotates it by swapping a ..data symlink; the agent's credential watch forces that login)."""
+    rotates it by swapping a ..data symlink; a rotation alone needs no login: see
+    KubernetesAuthFile.relogin_on_change). `ca_file` (a PEM bundle) is what https hosts are
+    verified against, instead of the system CAs: a KMS behind a private CA."""
     from injector.config import ConfigError
     from injector.kms.auth import KubernetesAuthFile, UniversalAuthFiles
 
@@ -215,4 +251,5 @@ def build_client(config: Any, logger: Any = None) -> KmsClient:
         credentials = KubernetesAuthFile(config.identity_id, config.token_path)
     else:
         credentials = UniversalAuthFiles(config.credentials_dir)
-    return KmsClient(config.host, credentials, timeout=config.request_timeout, logger=logger, api=config.api)
+    return KmsClient(config.host, credentials, timeout=config.request_timeout, logger=logger, api=config.api,
+                     ca_file=config.ca_file or None)

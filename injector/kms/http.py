@@ -2,9 +2,17 @@
 
 Why not aiohttp: importing it costs ~35 MB and ~0.5 s, more than the agent's whole start-up
 budget. This speaks HTTP/1.1 over `asyncio.open_connection`: kept-alive connections to the one
-origin of a base URL (`http://host:port/api`), http and https, JSON request bodies,
-Content-Length / chunked / read-until-close response bodies, a hard per-request timeout, a body
-size guard, and a streaming mode that yields lines (for a `text/event-stream` consumer).
+origin of a base URL (`http://host:port/api`), http and https, JSON request bodies, a hard
+per-request timeout, a body size guard, and a streaming mode that yields lines (for a
+`text/event-stream` consumer).
+
+The framing is h11's (pure Python, no I/O of its own: bench/README.md "HTTP framing" measured it
+at ~5 ms and under 0.5 MiB of agent start-up): strict RFC 9112 parsing of status lines, headers,
+Content-Length (ASCII digits only, one value), chunk sizes (hex digits only), trailers,
+close-delimited bodies, HTTP/1.0 and interim responses. Anything malformed is a ProtocolError.
+
+A kept-alive connection the server closed unseen is retried once on a fresh connection, and only
+for requests safe to repeat (GET, HEAD, OPTIONS): a POST (login, renew) may have been acted on.
 
 Transport failures raise the `HttpError` family below; mapping them to KMS meaning is the
 caller's job (injector.kms.errors).
@@ -14,16 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import json as _json
+import re
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator, Mapping
 from urllib.parse import urlencode, urlsplit
 
+import h11
+
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 _READ_SIZE = 64 * 1024
 _MAX_IDLE = 2  # idle kept-alive connections kept per client (one origin)
-_NO_BODY_METHODS = ("HEAD",)
+SAFE_TO_RETRY = frozenset({"GET", "HEAD", "OPTIONS"})  # RFC 9110 safe methods: re-sending changes nothing
 
 
 class HttpError(Exception):
@@ -50,9 +61,8 @@ class Headers(Mapping[str, str]):
     """Response headers with case-insensitive lookup. Repeated headers are joined with ', '."""
 
     def __init__(self, items: list[tuple[str, str]] | None = None) -> None:
-        self._items = list(items or [])
         self._map: dict[str, str] = {}
-        for name, value in self._items:
+        for name, value in items or []:
             key = name.lower()
             self._map[key] = f"{self._map[key]}, {value}" if key in self._map else value
 
@@ -67,10 +77,6 @@ class Headers(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self._map)
-
-    def get_all(self, name: str) -> list[str]:
-        key = name.lower()
-        return [v for n, v in self._items if n.lower() == key]
 
     def __repr__(self) -> str:  # names only: header values may carry tokens
         return f"Headers({sorted(self._map)})"
@@ -112,15 +118,69 @@ def parse_base_url(base_url: str) -> _Origin:
     return _Origin(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
 
 
+@dataclass
+class _Request:
+    """One request, validated, ready to be framed on any connection."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
 class _Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEADER_BYTES)
         self.reused = False
+        self.received = 0  # bytes of the current response seen so far
 
     def usable(self) -> bool:
         # An idle kept-alive socket the server closed shows EOF (or buffered junk) here.
-        return not self.writer.is_closing() and not self.reader.at_eof() and not self.reader._buffer  # type: ignore[attr-defined]
+        return (self.h11.our_state is h11.IDLE and self.h11.their_state is h11.IDLE and not self.writer.is_closing()
+                and not self.reader.at_eof() and not self.reader._buffer)  # type: ignore[attr-defined]
+
+    async def send(self, req: _Request) -> None:
+        self.received = 0
+        try:
+            data = self.h11.send(h11.Request(method=req.method, target=req.target, headers=req.headers))
+            if req.body:
+                data += self.h11.send(h11.Data(data=req.body))
+            data += self.h11.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:
+            raise ValueError(f"request cannot be framed: {_h11_reason(exc)}") from None
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def next_event(self) -> Any:
+        """The next h11 event of the response, reading from the socket as needed."""
+        while True:
+            in_body = self.h11.their_state is h11.SEND_BODY  # read before h11 turns it into ERROR
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ProtocolError(self._what_broke(exc, in_body)) from None
+            if event is not h11.NEED_DATA:
+                return event
+            data = await self.reader.read(_READ_SIZE)
+            self.received += len(data)
+            self.h11.receive_data(data)  # b"" = the server closed its side
+
+    def _what_broke(self, exc: h11.RemoteProtocolError, in_body: bool) -> str:
+        eof = self.reader.at_eof()
+        if in_body:
+            return "response body truncated" if eof else f"malformed response body: {_h11_reason(exc)}"
+        if not self.received:
+            return "server closed the connection without a response"
+        return "response headers truncated" if eof else f"malformed HTTP response: {_h11_reason(exc)}"
+
+    def keep(self) -> bool:
+        """After a whole response: ready for the next request on this connection?"""
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+            return True
+        return False
 
     def close(self) -> None:
         try:
@@ -130,73 +190,29 @@ class _Conn:
 
 
 class _Body:
-    """Reads a response body piece by piece according to its framing."""
+    """Reads a response body piece by piece (h11 does the framing)."""
 
-    def __init__(self, reader: asyncio.StreamReader, framing: str, length: int = 0) -> None:
-        self.reader = reader
-        self.framing = framing  # "none" | "length" | "chunked" | "close"
-        self.remaining = length
-        self.done = framing == "none" or (framing == "length" and length == 0)
-        self._chunk_left = 0
+    def __init__(self, conn: _Conn, length: int | None) -> None:
+        self.conn = conn
+        self.length = length  # Content-Length when the server sent one
+        self.done = False
 
     async def read_some(self) -> bytes:
         """Next piece of the body; b"" at its end."""
-        if self.done:
-            return b""
-        r = self.reader
-        if self.framing == "length":
-            data = await r.read(min(self.remaining, _READ_SIZE))
-            if not data:
-                raise ProtocolError(f"response body truncated: {self.remaining} bytes missing")
-            self.remaining -= len(data)
-            self.done = self.remaining == 0
-            return data
-        if self.framing == "chunked":
-            if self._chunk_left == 0:
-                size = await self._chunk_size()
-                if size == 0:
-                    await self._trailers()
-                    self.done = True
-                    return b""
-                self._chunk_left = size
-            data = await r.read(min(self._chunk_left, _READ_SIZE))
-            if not data:
-                raise ProtocolError("chunked response body truncated")
-            self._chunk_left -= len(data)
-            if self._chunk_left == 0:
-                crlf = await _readexactly(r, 2, "chunked response body truncated")
-                if crlf != b"\r\n":
-                    raise ProtocolError("malformed chunked encoding: chunk not followed by CRLF")
-            return data
-        data = await r.read(_READ_SIZE)  # read until the server closes
-        if not data:
-            self.done = True
-        return data
-
-    async def _chunk_size(self) -> int:
-        line = await _readline(self.reader, "chunked response body truncated")
-        text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(text, 16)
-        except ValueError:
-            raise ProtocolError("malformed chunked encoding: bad chunk size") from None
-        if size < 0:
-            raise ProtocolError("malformed chunked encoding: negative chunk size")
-        return size
-
-    async def _trailers(self) -> None:
-        total = 0
-        while True:
-            line = await _readline(self.reader, "chunked response trailers truncated")
-            total += len(line)
-            if total > MAX_HEADER_BYTES:
-                raise ProtocolError("chunked response trailers too large")
-            if line in (b"\r\n", b"\n"):
-                return
+        while not self.done:
+            event = await self.conn.next_event()
+            if isinstance(event, h11.Data):
+                if event.data:
+                    return bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self.done = True
+            else:  # nothing else may come inside a response body
+                raise ProtocolError(f"unexpected {type(event).__name__} inside a response body")
+        return b""
 
     async def read_all(self, max_body: int) -> bytes:
-        if self.framing == "length" and self.remaining > max_body:
-            raise BodyTooLarge(f"response body of {self.remaining} bytes exceeds the {max_body}-byte limit")
+        if self.length is not None and self.length > max_body:
+            raise BodyTooLarge(f"response body of {self.length} bytes exceeds the {max_body}-byte limit")
         parts: list[bytes] = []
         total = 0
         while True:
@@ -207,22 +223,6 @@ class _Body:
             if total > max_body:
                 raise BodyTooLarge(f"response body exceeds the {max_body}-byte limit")
             parts.append(data)
-
-
-async def _readline(reader: asyncio.StreamReader, what: str) -> bytes:
-    try:
-        return await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError:
-        raise ProtocolError(what) from None
-    except asyncio.LimitOverrunError:
-        raise ProtocolError("line too long in response") from None
-
-
-async def _readexactly(reader: asyncio.StreamReader, n: int, what: str) -> bytes:
-    try:
-        return await reader.readexactly(n)
-    except asyncio.IncompleteReadError:
-        raise ProtocolError(what) from None
 
 
 class StreamResponse:
@@ -304,6 +304,7 @@ class HttpClient:
         self._ssl: ssl.SSLContext | None = None
         self._idle: list[_Conn] = []
         self.connections_opened = 0  # for tests and metrics: proves keep-alive works
+        self.stale_retries = 0  # safe requests re-sent after a kept-alive connection died unseen
 
     # -- public API ---------------------------------------------------------------------------
     async def request(
@@ -317,10 +318,10 @@ class HttpClient:
         timeout: float | None = None,
     ) -> Response:
         """Send one request and read the whole response within `timeout` (default: the client's)."""
-        data, limit = self._prepare(method, path, params, json, headers, timeout)
+        req, limit = self._prepare(method, path, params, json, headers, timeout)
         try:
             async with asyncio.timeout(limit):
-                return await self._roundtrip(method, data)
+                return await self._roundtrip(req)
         except asyncio.TimeoutError:
             raise self._timed_out(method, path, limit) from None
 
@@ -360,8 +361,8 @@ class HttpClient:
     def _prepare(
         self, method: str, path: str, params: Mapping[str, str] | None, json: Any, headers: Mapping[str, str] | None,
         timeout: float | None,
-    ) -> tuple[bytes, float]:
-        """The encoded request and its time limit (the client's default unless one is given)."""
+    ) -> tuple[_Request, float]:
+        """The request and its time limit (the client's default unless one is given)."""
         return self._encode(method, path, params, json, headers), self.timeout if timeout is None else timeout
 
     def _timed_out(self, method: str, path: str, limit: float) -> RequestTimeout:
@@ -369,33 +370,37 @@ class HttpClient:
 
     def _encode(
         self, method: str, path: str, params: Mapping[str, str] | None, json: Any, headers: Mapping[str, str] | None
-    ) -> bytes:
+    ) -> _Request:
         target = self._path(path)
         if params:
             target += "?" + urlencode(params)
         body = b"" if json is None else _json.dumps(json, separators=(",", ":")).encode()
-        lines = [
-            f"{method} {target} HTTP/1.1",
-            f"Host: {self.origin.host_header}",
-            f"User-Agent: {self.user_agent}",
-            "Accept: application/json",
-        ]
+        items = [("Host", self.origin.host_header), ("User-Agent", self.user_agent), ("Accept", "application/json")]
         if json is not None:
-            lines.append("Content-Type: application/json")
+            items.append(("Content-Type", "application/json"))
         if json is not None or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body)}")
+            items.append(("Content-Length", str(len(body))))
         for name, value in (headers or {}).items():
-            if any(c in name + value for c in "\r\n\x00") or not name:
-                raise ValueError(f"header {name!r} contains a line break or NUL")
-            lines.append(f"{name}: {value}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+            if not name or any(c < " " and c != "\t" or c == "\x7f" for c in name + value):
+                raise ValueError(f"header {name!r} contains a line break, NUL or another control character")
+            items.append((name, value))
+        for name, value in items:  # h11 frames latin-1 bytes; say which header cannot be sent
+            try:
+                name.encode("latin-1"), value.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(f"header {name!r} is not latin-1 text") from None
+        return _Request(method, target, items, body)
 
     async def _connect(self, timeout: float | None = None) -> _Conn:
         o = self.origin
         ctx = None
         if o.scheme == "https":
             if self._ssl is None:
-                self._ssl = ssl.create_default_context(cafile=self._ca_file)
+                try:  # a ca_file replaces the system CAs: a KMS behind a private CA
+                    self._ssl = ssl.create_default_context(cafile=self._ca_file)
+                except (OSError, ssl.SSLError) as exc:  # missing, unreadable or not PEM: say which file
+                    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+                    raise ConnectError(f"cannot load the CA bundle {self._ca_file}: {reason}") from None
             ctx = self._ssl
         try:
             async with asyncio.timeout(timeout):
@@ -420,25 +425,28 @@ class HttpClient:
             conn.close()
         return None
 
-    async def _roundtrip(self, method: str, data: bytes) -> Response:
+    async def _roundtrip(self, req: _Request) -> Response:
         conn = self._take_idle()
         if conn is not None:
             try:
-                return await self._exchange(conn, method, data)
+                return await self._exchange(conn, req)
             except _StaleConnection:
-                pass  # the server closed the kept-alive connection before answering: once more, fresh
+                if req.method not in SAFE_TO_RETRY:  # the server may have acted on it: never twice
+                    raise ConnectError(f"server closed the kept-alive connection after {req.method} "
+                                       f"{req.target.split('?', 1)[0]} without an answer; not re-sent") from None
+                self.stale_retries += 1  # closed before answering: once more on a fresh connection
         conn = await self._connect()
         try:
-            return await self._exchange(conn, method, data)
+            return await self._exchange(conn, req)
         except _StaleConnection:
             raise ConnectError("server closed the connection without a response") from None
 
-    async def _exchange(self, conn: _Conn, method: str, data: bytes) -> Response:
+    async def _exchange(self, conn: _Conn, req: _Request) -> Response:
         keep = False
         try:
-            status, reason, headers, body = await self._send_and_head(conn, method, data)
+            status, reason, headers, body = await self._send_and_head(conn, req)
             payload = await body.read_all(self.max_body)
-            keep = body.framing != "close" and _keep_alive(headers)
+            keep = conn.keep()
             return Response(status, reason, headers, payload)
         except (ConnectionError, OSError) as exc:
             raise ConnectError(f"connection to {self.origin.host}:{self.origin.port} lost: {_os_reason(exc)}") from None
@@ -449,42 +457,33 @@ class HttpClient:
             else:
                 conn.close()
 
-    async def _send_and_head(self, conn: _Conn, method: str, data: bytes) -> tuple[int, str, Headers, _Body]:
+    async def _send_and_head(self, conn: _Conn, req: _Request) -> tuple[int, str, Headers, _Body]:
         try:
-            conn.writer.write(data)
-            await conn.writer.drain()
-            head = await _read_head(conn.reader, first=True)
-        except _NothingReceived:
-            if conn.reused:
-                raise _StaleConnection() from None
-            raise ConnectError("server closed the connection without a response") from None
+            await conn.send(req)
+            event = await conn.next_event()
+            while isinstance(event, h11.InformationalResponse):  # 100 Continue and the like: skip
+                event = await conn.next_event()
         except (ConnectionResetError, BrokenPipeError):
-            if conn.reused:
+            if conn.reused and conn.received == 0:
                 raise _StaleConnection() from None
             raise
-        status, reason, headers = _parse_head(head)
-        while 100 <= status < 200:  # interim responses (100 Continue): skip to the real one
-            status, reason, headers = _parse_head(await _read_head(conn.reader, first=False))
-        return status, reason, headers, _body_for(conn.reader, method, status, headers)
-
-
-async def _read_head(reader: asyncio.StreamReader, first: bool) -> bytes:
-    try:
-        return await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        if first and not exc.partial:
-            raise _NothingReceived() from None
-        raise ProtocolError("response headers truncated") from None
-    except asyncio.LimitOverrunError:
-        raise ProtocolError(f"response headers exceed {MAX_HEADER_BYTES} bytes") from None
-
-
-class _NothingReceived(Exception):
-    pass
+        except ProtocolError:
+            if conn.reused and conn.received == 0:  # EOF before a single byte of an answer
+                raise _StaleConnection() from None
+            if conn.received == 0:
+                raise ConnectError("server closed the connection without a response") from None
+            raise
+        if not isinstance(event, h11.Response):
+            raise ProtocolError(f"expected a response, got {type(event).__name__}")
+        headers = Headers([(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers])
+        length = headers.get("content-length")  # h11 checked it: one value, ASCII digits only
+        has_body = req.method != "HEAD" and event.status_code not in (204, 304) and "transfer-encoding" not in headers
+        body = _Body(conn, int(length) if length is not None and has_body else None)
+        return event.status_code, event.reason.decode("latin-1"), headers, body
 
 
 class _StaleConnection(Exception):
-    pass
+    """A reused connection closed before any byte of the answer: the server dropped it idle."""
 
 
 class _StreamContext:
@@ -494,12 +493,12 @@ class _StreamContext:
 
     async def __aenter__(self) -> StreamResponse:
         client, method, path, params, json, headers, timeout, max_line = self._args
-        data, limit = client._prepare(method, path, params, json, headers, timeout)
+        req, limit = client._prepare(method, path, params, json, headers, timeout)
 
         async def open_() -> StreamResponse:
             conn = await client._connect()
             try:
-                status, reason, hdrs, body = await client._send_and_head(conn, method, data)
+                status, reason, hdrs, body = await client._send_and_head(conn, req)
             except _StaleConnection:  # cannot happen on a fresh connection; keep the type honest
                 conn.close()
                 raise ConnectError("server closed the connection without a response") from None
@@ -523,40 +522,12 @@ class _StreamContext:
             self._resp.close()
 
 
-def _parse_head(head: bytes) -> tuple[int, str, Headers]:
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit() or len(parts[1]) != 3:
-        raise ProtocolError("malformed HTTP status line")
-    items: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise ProtocolError("malformed HTTP header line")
-        items.append((name, value.strip()))
-    headers = Headers(items)
-    if parts[0] == "HTTP/1.0" and "connection" not in headers:
-        headers = Headers(items + [("Connection", "close")])
-    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
-
-
-def _body_for(reader: asyncio.StreamReader, method: str, status: int, headers: Headers) -> _Body:
-    if method in _NO_BODY_METHODS or status in (204, 304) or 100 <= status < 200:
-        return _Body(reader, "none")
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        return _Body(reader, "chunked")
-    if "content-length" in headers:
-        values = {v.strip() for v in headers["content-length"].split(",")}
-        if len(values) != 1 or not next(iter(values)).isdigit():
-            raise ProtocolError("malformed Content-Length header")
-        return _Body(reader, "length", int(values.pop()))
-    return _Body(reader, "close")
-
-
-def _keep_alive(headers: Headers) -> bool:
-    return "close" not in headers.get("connection", "").lower()
+def _h11_reason(exc: Exception) -> str:
+    """h11's message without the bytes it quotes ("illegal chunk header: b'...'"): those may be
+    body bytes (secret values) or our own headers (the token). Its leading words say enough."""
+    words = re.match(r"[A-Za-z][A-Za-z -]*", str(exc))
+    text = re.sub(r"\s+(b|bytearray)$", "", words.group(0).strip()) if words else ""
+    return text or type(exc).__name__
 
 
 def _os_reason(exc: OSError) -> str:
