@@ -404,3 +404,25 @@ def test_cli_refuses_legacy_api_on_a_real_profile(tmp_path):
     out = subprocess.run([*KMS_INJECTOR, "dev-server", "--port", "0", "--profile", "hanzo-node", "--api", "canonical"],
                          cwd=str(ROOT), capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--profile canonical" in out.stderr
+
+
+# ---- the agent against each Infisical profile (the canonical ones need the canonical client) -------
+
+@pytest.mark.parametrize("profile", ["infisical-recorded", "hanzo-node", "infisical-events"])
+async def test_agent_init_sidecar_rotation_against_infisical_profiles(dev_kms_factory, tmp_path, profile):
+    from tests.agent_support import CHAT, CLIENT_ID, CLIENT_SECRET, ENV, PROJECT, SHARED, agent_args, read_folder, seed, spawn, wait_for, write_credentials
+
+    kms = await dev_kms_factory(profile=profile, seed=seed())
+    mount, creds = tmp_path / "secrets", tmp_path / "auth"
+    write_credentials(creds, CLIENT_ID, CLIENT_SECRET)
+    init = spawn(agent_args(kms.base_url, mount, creds, mode="init"), tmp_path, "init")
+    assert await init.wait_exit() == 0, init.stderr()
+    assert read_folder(mount) == {**SHARED, **CHAT}
+    sidecar = spawn(agent_args(kms.base_url, mount, creds, "--refresh-interval", "5s"), tmp_path, "sidecar")
+    try:
+        await wait_for(lambda: '"first_sync"' in sidecar.stderr(), what="first sync")
+        kms.set_secret(PROJECT, ENV, "/chat", "API_KEY", "VALUE-rotated-9f0e")
+        await wait_for(lambda: read_folder(mount).get("API_KEY") == "VALUE-rotated-9f0e", timeout=60, what="the rotation on disk")
+    finally:
+        sidecar.stop()
+    assert "VALUE-rotated-9f0e" not in sidecar.stderr() and CLIENT_SECRET not in sidecar.stderr()
