@@ -426,3 +426,21 @@ async def test_agent_init_sidecar_rotation_against_infisical_profiles(dev_kms_fa
     finally:
         sidecar.stop()
     assert "VALUE-rotated-9f0e" not in sidecar.stderr() and CLIENT_SECRET not in sidecar.stderr()
+
+
+async def test_newer_servers_serve_v4_list_with_imports_and_references_on(dev_kms_factory):
+    seed = tiny_seed()
+    seed["projects"]["test-proj"]["environments"]["prod"]["folders"]["/app"]["secrets"]["REF"] = "x-${DATABASE_URL}"
+    kms = await dev_kms_factory(profile="hanzo-node", seed=seed)
+    tok = await infisical_login(kms)
+    status, _, body = await call(kms.base_url, "GET", "/v4/secrets", token=tok,
+                                 params={"projectId": "proj-test-id", "environment": "prod", "secretPath": "/app"})
+    assert status == 200 and body["imports"] and {s["secretKey"]: s["secretValue"] for s in body["secrets"]}["REF"] == "x-postgres://app@db/app"
+    status, _, body = await call(kms.base_url, "GET", "/v4/secrets", token=tok, params={
+        "projectId": "proj-test-id", "environment": "prod", "secretPath": "/app", "includeImports": "false", "expandSecretReferences": "false"})
+    assert status == 200 and "imports" not in body and {s["secretKey"]: s["secretValue"] for s in body["secrets"]}["REF"] == "x-${DATABASE_URL}"
+    status, _, err = await call(kms.base_url, "GET", "/v4/secrets", token=tok, params={"environment": "prod"})
+    assert status == 422 and err["message"][0]["path"] == ["projectId"]
+    recorded = await dev_kms_factory(profile="infisical-recorded")
+    status, _, err = await call(recorded.base_url, "GET", "/v4/secrets", token=await infisical_login(recorded), params={"projectId": "proj-test-id"})
+    assert status == 404 and err["error"] == "Not Found"  # the October 2024 server had no v4
