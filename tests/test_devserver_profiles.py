@@ -444,3 +444,14 @@ async def test_newer_servers_serve_v4_list_with_imports_and_references_on(dev_km
     recorded = await dev_kms_factory(profile="infisical-recorded")
     status, _, err = await call(recorded.base_url, "GET", "/v4/secrets", token=await infisical_login(recorded), params={"projectId": "proj-test-id"})
     assert status == 404 and err["error"] == "Not Found"  # the October 2024 server had no v4
+
+
+async def test_no_events_switch_maps_onto_every_profile(dev_kms_factory):
+    for profile in ("infisical-events", "hanzo-node"):
+        kms = await dev_kms_factory(profile=profile, events=False)
+        tok = await infisical_login(kms)
+        status, _, err = await call(kms.base_url, "POST", SUBSCRIBE, token=tok, json={"projectId": "proj-test-id", "register": register()})
+        assert status == 404 and err == {"message": "Route POST:/api/v1/events/subscribe/project-events not found",
+                                         "error": "Not Found", "statusCode": 404}, (profile, err)
+    with pytest.raises(ValueError, match="--profile canonical"):
+        await dev_kms_factory(profile="hanzo-node", api="canonical")
