@@ -455,3 +455,15 @@ async def test_no_events_switch_maps_onto_every_profile(dev_kms_factory):
                                          "error": "Not Found", "statusCode": 404}, (profile, err)
     with pytest.raises(ValueError, match="--profile canonical"):
         await dev_kms_factory(profile="hanzo-node", api="canonical")
+
+
+async def test_upstream_stream_ends_when_its_token_is_revoked(dev_kms_factory):
+    kms = await dev_kms_factory(profile="infisical-events", event_auth_recheck=0.2, event_heartbeat=60)
+    tok = await infisical_login(kms)
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {tok}"}) as s:
+        async with s.post(kms.base_url + SUBSCRIBE, json={"projectId": "proj-test-id", "register": register()}) as r:
+            assert await read_event(r) == {"event": "ping"}
+            status, _, _ = await call(kms.base_url, "POST", "/v1/auth/token/revoke", json={"accessToken": tok})
+            assert status == 200
+            assert await read_event(r) is None  # the periodic auth re-check ends the stream
+    assert kms.state.subscribers == []
