@@ -1,0 +1,49 @@
+"""The agent's seams, as Protocols: what the sync loop needs from the KMS client, the writer and
+the notifier. injector.kms.KmsClient, injector.writer.AtomicWriter and injector.sync's notifiers
+are the implementations; tests may plug in others of the same shape.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Protocol
+
+
+class Fetched(Protocol):
+    """One folder's answer: its secrets, the ETag to send next time, and whether it was a 304."""
+
+    secrets: Mapping[str, str]
+    etag: str | None
+    not_modified: bool
+
+
+class SecretSource(Protocol):
+    """Where secrets come from (the KMS client)."""
+
+    async def fetch(self, project: str, env: str, path: str, *, etag: str | None = None,
+                    include_imports: bool = True) -> Fetched: ...
+
+    def invalidate(self) -> None:
+        """Forget the token: the next request logs in with the credential files as they are now."""
+
+    async def close(self) -> None: ...
+
+
+class FileWriter(Protocol):
+    """Where rendered files go (the atomic directory writer)."""
+
+    def write(self, files: Mapping[str, bytes]) -> bool:
+        """Make the directory hold exactly `files`; False when it already did."""
+
+    def repair(self) -> list[str]:
+        """Remove what a crash left behind; returns what was removed."""
+
+
+class Notifier(Protocol):
+    """Who is told after the files changed (a signal, a command, or nobody)."""
+
+    async def notify(self) -> "NotifyCounts": ...
+
+
+class NotifyCounts(Protocol):
+    signals: int  # processes signalled
+    commands: int  # commands run
