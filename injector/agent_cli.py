@@ -1,7 +1,8 @@
 """`kms-injector agent` arguments -> AgentConfig.
 
 Layers, later wins: env `KMS_AGENT_CONFIG` (JSON, written by the webhook), then `--config FILE`
-(YAML; PyYAML is imported only in that case), then flags. The merged mapping goes through
+(JSON, or YAML when PyYAML is installed: the agent image has no PyYAML, so it reads JSON files
+only), then flags. The merged mapping goes through
 `AgentConfig.from_dict`, so every refusal is a ConfigError naming the field.
 """
 
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kms-injector agent",
         description="Fetch KMS folders into a directory of files (init: once; sidecar: keep them fresh).",
     )
-    p.add_argument("--config", metavar="FILE", help="YAML file with AgentConfig fields (flags override it)")
+    p.add_argument("--config", metavar="FILE", help="JSON (or YAML) file with AgentConfig fields (flags override it)")
     p.add_argument("--mode", help="init (sync once, exit) or sidecar (keep refreshing)")
     p.add_argument("--host", help="KMS API URL, e.g. http://kms.hanzo.svc.cluster.local/api")
     p.add_argument("--project", help="project slug, e.g. secrets-639-c")
@@ -97,25 +98,37 @@ def _flag_overrides(ns: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _load_yaml(path: str) -> dict[str, Any]:
+def _load_file(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as exc:
         raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
-    import yaml  # only here: the env/flags path never pays for PyYAML
+    import json
 
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError("config", f"{path} is not valid YAML{where}") from None
+        data = json.loads(text) if text.strip() else None  # YAML's JSON subset needs no PyYAML
+    except ValueError:
+        data = _parse_yaml(path, text)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError("config", f"{path} must hold a mapping of AgentConfig fields")
     return data
+
+
+def _parse_yaml(path: str, text: str) -> Any:
+    try:
+        import yaml  # only here: the env/flags/JSON paths never pay for PyYAML
+    except ImportError:
+        raise ConfigError("config", f"{path} is not JSON, and reading YAML needs PyYAML, which this installation "
+                                    "does not have (the agent image reads JSON only); write the file as JSON") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError("config", f"{path} is not valid YAML{where}") from None
 
 
 def load_config(argv: list[str], environ: Mapping[str, str] | None = None) -> AgentConfig:
@@ -135,7 +148,7 @@ def load_config(argv: list[str], environ: Mapping[str, str] | None = None) -> Ag
             raise ConfigError(ENV_VAR, "must be a JSON object of AgentConfig fields")
         merged.update(data)
     if ns.config:
-        merged.update(_load_yaml(ns.config))
+        merged.update(_load_file(ns.config))
     merged.update(_flag_overrides(ns))
     return AgentConfig.from_dict(merged)
 

@@ -9,18 +9,25 @@ it).
 
 from __future__ import annotations
 
+import importlib
 import os
-from typing import Callable
-
-try:
-    from _sha256 import sha256  # CPython <= 3.11
-except ImportError:  # pragma: no cover - 3.12+ names it _sha2; other interpreters: hashlib
-    try:
-        from _sha2 import sha256  # type: ignore[no-redef]
-    except ImportError:
-        from hashlib import sha256  # type: ignore[no-redef]
+from typing import Any, Callable
 
 from injector.config import AgentConfig
+
+
+def _builtin_sha256() -> Any:
+    for name in ("_sha256", "_sha2"):  # CPython's own SHA-256 module: 3.11, then 3.12+
+        try:
+            return importlib.import_module(name).sha256
+        except (ImportError, AttributeError):
+            continue
+    from hashlib import sha256  # other interpreters
+
+    return sha256
+
+
+sha256 = _builtin_sha256()
 
 WATCH_RECHECK = 10.0  # seconds between digest re-checks when no file event arrives
 
