@@ -78,7 +78,9 @@ class AgentLoop:
         self._metric_sources[key or f"source-{len(self._metric_sources)}"] = fill
 
     def metrics(self) -> Metrics:
-        return self.state.metrics(list(self._metric_sources.values()))
+        m = self.state.metrics(list(self._metric_sources.values()))
+        m.fetch_pending = m.fetch_pending or self._wake.is_set()
+        return m
 
     def ready(self) -> bool:
         return self.state.ready
@@ -111,12 +113,16 @@ class AgentLoop:
         """One sync, with its bookkeeping. Raises what the step raised, after recording it."""
         self._wake.clear()
         self._wake_reason = ""
+        self.state.syncing = True
         try:
             outcome = await self.step.run(self.client)
         except Exception as exc:
             self._failed(exc)
             raise
+        finally:
+            self.state.syncing = False
         first, recovery = self.state.succeeded(outcome)
+        self.state.parked = False
         self.refusals.clear()
         if first:
             self.log.info("first_sync", changed=outcome.changed, sources=len(self.config.sources))
@@ -138,6 +144,7 @@ class AgentLoop:
         if isinstance(exc, InvalidCredentials):
             self.refusals_fp = fingerprint(self.credential_files)
             refusals = self.refusals.record(self.refusals_fp)
+            self.state.parked = parked(refusals)
             if refusals == AUTH_MAX_TRIES:
                 self._log_parked(refusals, AUTH_PARK, remembered=False)
                 self._parked_logged = self.refusals_fp
@@ -148,9 +155,10 @@ class AgentLoop:
         when they were refused AUTH_MAX_TRIES times in a row, by this process or an earlier one."""
         fp = fingerprint(self.credential_files)
         refusals, at = self.refusals.refusals(fp)
-        if not parked(refusals):
+        hold = max(0.0, at + AUTH_PARK - time.time()) if parked(refusals) else 0.0
+        self.state.parked = hold > 0
+        if not hold:
             return 0.0
-        hold = max(0.0, at + AUTH_PARK - time.time())
         if hold > 0 and self._parked_logged != fp:
             self._log_parked(refusals, hold, remembered=True)
         self._parked_logged = fp

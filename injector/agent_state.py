@@ -28,6 +28,8 @@ class AgentState:
     failures: int = 0  # attempts failed since the last success
     failing_since: float = 0.0  # monotonic
     last_error: str = ""
+    syncing: bool = False  # an attempt is running
+    parked: bool = False  # refused credentials are held back (injector.refusals)
     syncs_total: int = 0
     sync_failures_total: int = 0
     changes_total: int = 0
@@ -73,11 +75,12 @@ class AgentState:
             changes_total=self.changes_total, signals_total=self.signals_total,
             commands_total=self.commands_total, not_modified_total=self.not_modified_total,
             last_success_timestamp_seconds=self.last_success_timestamp_seconds,
-            ready=self.ready, healthy=not self.failing,
+            ready=self.ready, healthy=not self.failing, fetch_pending=self.syncing,
+            credentials_parked=self.parked,
         )
         for fill in sources or ():
             try:
-                fill(m)
+                fill(m)  # may only add to a reading (e.g. fetch_pending = fetch_pending or ...)
             except Exception:  # a reading must never take the health server down
                 pass
         return m

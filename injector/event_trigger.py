@@ -42,6 +42,11 @@ class Debouncer:
         self.pokes = 0
         self.fired = 0
 
+    @property
+    def pending(self) -> bool:
+        """A poke is held back, waiting for its quiet window."""
+        return self._pending.is_set()
+
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
 
@@ -76,10 +81,12 @@ class Debouncer:
         self.fire(reason)
 
 
-def subscriber_metrics(sub: Any, wakeups: list[int]) -> Callable[[Any], None]:
+def subscriber_metrics(sub: Any, wakeups: list[int], debouncer: "Debouncer | None" = None) -> Callable[[Any], None]:
     """Fills a metrics reading (injector.health.Metrics) from the subscriber's live state: counts only."""
 
     def collect(m: Any) -> None:
+        if debouncer is not None:
+            m.fetch_pending = m.fetch_pending or debouncer.pending
         m.events_connected = bool(sub.connected)
         m.events_received_total = sub.events
         m.events_reconnects_total = max(0, sub.connects - 1)
@@ -112,8 +119,8 @@ async def event_trigger(agent: Any) -> None:
 
     sub = EventSubscriber(client, cfg.project, cfg.env, [s.path for s in cfg.sources], logger=agent.log,
                           on_need_login=lambda: agent.nudge("event stream token rejected"))
-    agent.add_metrics_source(subscriber_metrics(sub, wakeups), key="events")
     debouncer = Debouncer(event_wake)
+    agent.add_metrics_source(subscriber_metrics(sub, wakeups, debouncer), key="events")
     flusher = asyncio.create_task(debouncer.run())
 
     def on_change(ev: Any) -> None:

@@ -38,6 +38,8 @@ class Metrics:
     events_reconnects_total: int = 0  # streams re-opened after the first one
     auth_logins_total: int = 0
     auth_renewals_total: int = 0
+    fetch_pending: bool = False  # a fetch is running or due now (woken, or a change event held back)
+    credentials_parked: bool = False  # refused credentials are not retried until they change
 
 
 _HELP = {
@@ -56,6 +58,8 @@ _HELP = {
     "events_reconnects_total": ("counter", "Event streams re-opened after the first one."),
     "auth_logins_total": ("counter", "Logins to KMS."),
     "auth_renewals_total": ("counter", "Access token renewals."),
+    "fetch_pending": ("gauge", "1 while a fetch is running or due now (woken, or a debounced change event held back)."),
+    "credentials_parked": ("gauge", "1 while refused credentials are not retried until the credential files change."),
 }
 
 

@@ -285,3 +285,24 @@ async def test_init_never_notifies_even_when_its_config_carries_a_command_or_sig
         assert again.events("files_written") and not [e for e in again.events() if e["event"].startswith("signal_")]
     finally:
         app.stop()
+
+
+async def test_every_log_line_names_the_pod_and_its_namespace(kms, tmp_path: Path) -> None:
+    """Issue 12 item 12 (log side): the webhook sets KMS_POD_NAME / KMS_POD_NAMESPACE from the
+    downward API; every line the agent writes (its own, the KMS client's, the writer's) names them."""
+    pod = {"KMS_POD_NAME": "chat-7d9f-abcde", "KMS_POD_NAMESPACE": "hanzo"}
+    write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
+    agent = spawn(agent_args(kms.base_url, tmp_path / "secrets", tmp_path / "auth", mode="init"), tmp_path, "init", env=pod)
+    assert await agent.wait_exit() == 0, agent.stderr()
+    lines = agent.stderr().splitlines()
+    records = agent.events()
+    assert len(records) == len(lines) and {"starting", "kms_login", "files_written", "first_sync"} <= {r["event"] for r in records}
+    assert all(r.get("pod") == "chat-7d9f-abcde" and r.get("namespace") == "hanzo" for r in records), records
+
+    write_credentials(tmp_path / "auth", CLIENT_ID, "wrong-secret-pod-line")
+    failed = spawn(agent_args(kms.base_url, tmp_path / "other", tmp_path / "auth", "--init-timeout", "1s", mode="init"),
+                   tmp_path, "failed", env=pod)
+    assert await failed.wait_exit() == 1
+    plain = [line for line in failed.stderr().splitlines() if not line.startswith("{")]
+    assert len(plain) == 1 and plain[0].endswith(" pod=hanzo/chat-7d9f-abcde"), plain
+    assert all(r.get("pod") == "chat-7d9f-abcde" for r in failed.events())
