@@ -153,13 +153,16 @@ class AgentLoop:
     def _hold(self) -> float:
         """Seconds to wait before trying the current credentials again (0: go ahead). Non-zero
         when they were refused AUTH_MAX_TRIES times in a row, by this process or an earlier one."""
+        if not self.refusals.recorded():  # the common case: no file reads, no digest
+            self.state.parked = False
+            return 0.0
         fp = fingerprint(self.credential_files)
         refusals, at = self.refusals.refusals(fp)
         hold = max(0.0, at + AUTH_PARK - time.time()) if parked(refusals) else 0.0
         self.state.parked = hold > 0
         if not hold:
             return 0.0
-        if hold > 0 and self._parked_logged != fp:
+        if self._parked_logged != fp:
             self._log_parked(refusals, hold, remembered=True)
         self._parked_logged = fp
         return hold

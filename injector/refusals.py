@@ -56,6 +56,10 @@ class RefusalMemory:
             return False
         return digest(salt + fp).hex() == record.get("digest")
 
+    def recorded(self) -> bool:
+        """True when some credentials' refusals are on record (read from the file once)."""
+        return self._load() is not None
+
     def refusals(self, fp: bytes) -> tuple[int, float]:
         """(refusals in a row, unix time of the last one) for credentials with fingerprint `fp`."""
         record = self._load()
