@@ -363,7 +363,8 @@ def report(ours: dict, peer: dict | None, runs: int, window: float) -> str:
     lines += [
         "",
         "Ours is measured as the agent image runs it (injector/ alone in a venv, compiled, console script);",
-        "the editable dev install pays for its import finder (~8 ms) on top. The machine is shared with",
+        "the editable dev install (.venv with the test dependencies) pays for its site step on top: the",
+        "editable finder and every .pth file of the test tools. The machine is shared with",
         "other work: compare min and median, not single runs. What each start-up choice paid: see",
         "\"Agent start-up choices\" below.",
     ]
