@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import types
+from typing import Mapping
 
 from injector.config import AgentConfig, ConfigError
 
@@ -52,7 +53,7 @@ def _without_tls() -> None:
         sys.modules["ssl"] = _TlsNotLoaded("ssl")
 
 
-def _logger_context(environ: os._Environ[str] | dict[str, str]) -> dict[str, str]:
+def _logger_context(environ: Mapping[str, str]) -> dict[str, str]:
     """The pod's name and namespace (the webhook sets them from the downward API) on every line."""
     ctx = {}
     if environ.get("KMS_POD_NAME"):

@@ -20,7 +20,9 @@ class SecretSource(Protocol):
     """Where secrets come from (the KMS client)."""
 
     async def fetch(self, project: str, env: str, path: str, *, etag: str | None = None,
-                    include_imports: bool = True) -> Fetched: ...
+                    include_imports: bool = True, keys: tuple[str, ...] = ()) -> Fetched:
+        """One folder (imports merged); `keys` names the keys to read one by one where a server
+        cannot list (the sync step passes it only when the Source has keys)."""
 
     def invalidate(self) -> None:
         """Forget the token: the next request logs in with the credential files as they are now."""
