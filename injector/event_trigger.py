@@ -3,8 +3,8 @@
 `event_trigger(agent)` is a sync-loop trigger (injector.agent_loop.AgentLoop.add_trigger, run
 under the agent's supervisor): it subscribes to the KMS event stream for the agent's folders
 (injector.kms.events) and calls `agent.nudge()` when a change arrives (the loop ignores nudges
-while its syncs fail: it retries on its own schedule then). A lone change fetches at once (leading edge: nothing fired in the last QUIET seconds);
-the rest of a burst is coalesced: the next wake fires after QUIET seconds without a new event, and
+while its syncs fail: it retries on its own schedule then). A lone change fetches at once
+(leading edge: nothing fired in the last QUIET seconds); the rest of a burst is coalesced: the next wake fires after QUIET seconds without a new event, and
 never later than MAX_WAIT after the first held-back one, so 50 updates in a row cost two or three
 fetches, not 50.
 An event that arrives while a fetch runs is not lost: the agent's wake flag is cleared when a
@@ -18,7 +18,10 @@ only. Stdlib only.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from injector.seams import TriggerHost
 
 QUIET = 0.25  # seconds without a new event before the fetch
 MAX_WAIT = 1.0  # never delay a fetch longer than this after the first event of a burst
@@ -95,7 +98,7 @@ def subscriber_metrics(sub: Any, wakeups: list[int], debouncer: "Debouncer | Non
     return collect
 
 
-async def event_trigger(agent: Any) -> None:
+async def event_trigger(agent: "TriggerHost") -> None:
     """Agent trigger: subscribe, debounce, wake. Returns when events are off or unsupported."""
     cfg = agent.config
     if not cfg.events:

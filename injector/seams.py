@@ -5,7 +5,11 @@ are the implementations; tests may plug in others of the same shape.
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+
+if TYPE_CHECKING:
+    from injector.config import AgentConfig
+    from injector.log import Logger
 
 
 class Fetched(Protocol):
@@ -49,3 +53,17 @@ class Notifier(Protocol):
 class NotifyCounts(Protocol):
     signals: int  # processes signalled
     commands: int  # commands run
+
+
+class TriggerHost(Protocol):
+    """What a change trigger (injector.event_trigger) may use of the sync loop: read its config,
+    share its client, log, nudge it, and add to its metrics readings. Nothing else."""
+
+    config: "AgentConfig"
+    client: Any  # the SecretSource; the event stream also uses its transport and tokens
+    log: "Logger"
+
+    def nudge(self, reason: str) -> bool:
+        """Fetch early if syncs are healthy; True when it woke the loop."""
+
+    def add_metrics_source(self, fill: Callable[[Any], None], key: str = "") -> None: ...
