@@ -38,7 +38,8 @@ class _TlsNotLoaded(types.ModuleType):
         verify_message = ""
 
     def __getattr__(self, name: str):
-        raise ImportError(f"ssl.{name}: TLS is not loaded in this agent (its config names no https URL)")
+        # AttributeError, so hasattr()/getattr(default) probes behave as on a Python without ssl.
+        raise AttributeError(f"ssl.{name}: TLS is not loaded in this agent (its config names no https URL)")
 
 
 def _without_tls() -> None:
