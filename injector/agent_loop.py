@@ -56,8 +56,8 @@ class AgentLoop:
         self.step = SyncStep(config, writer, notifier or notifier_for(config, log), log, on_written=self.state.mark_written)
         self.refusals = RefusalMemory(config.mount_path)
         self.credential_files = credential_files(config)
-        # Digest of the credential files before the first login: the watch starts later and must
-        # still see a change made in between.
+        # Digest of the credential files before the first login (then: as last reported by the
+        # watch): the watch starts later and must still see a change made in between.
         self._login_fingerprint = fingerprint(self.credential_files)
         self._wake = asyncio.Event()
         self._wake_reason = ""
@@ -172,14 +172,17 @@ class AgentLoop:
                          action="waiting for the credential files to change, to keep the identity from being locked")
 
     # -- long-lived extras ---------------------------------------------------------------------
-    def _credentials_changed(self) -> None:
+    def _credentials_changed(self, fp: bytes) -> None:
+        self._login_fingerprint = fp  # a restarted watch compares with this, not the first login's
         self.client.invalidate()  # the next request logs in with the files' current content
         self.log.info("credentials_changed", action="fresh login with the new credentials")
         self.wake("credentials changed")
 
     def _watch_credentials(self) -> None:
-        files, first = self.credential_files, self._login_fingerprint
-        self.supervisor.start("credentials-watch", lambda: watch_credentials(files, first, self._credentials_changed))
+        # The digest is read when the (re)started watch begins: a restart after the supervisor
+        # caught a failure reports only changes it has not reported yet.
+        self.supervisor.start("credentials-watch", lambda: watch_credentials(
+            self.credential_files, self._login_fingerprint, self._credentials_changed))
 
     # -- modes ---------------------------------------------------------------------------------
     async def run_init(self) -> int:

@@ -54,9 +54,9 @@ def digest(data: bytes) -> bytes:
     return sha256(data).digest()
 
 
-async def watch_credentials(files: list[str], last: bytes, on_change: Callable[[], None],
+async def watch_credentials(files: list[str], last: bytes, on_change: Callable[[bytes], None],
                             recheck: float = WATCH_RECHECK) -> None:
-    """Call `on_change()` whenever the files' content differs from the previous digest.
+    """Call `on_change(new_digest)` whenever the files' content differs from the previous digest.
 
     `last` is the digest the agent's first login read: the watch may start later, and a change
     made in between is still reported on its first pass. Watches the files' directories
@@ -71,5 +71,5 @@ async def watch_credentials(files: list[str], last: bytes, on_change: Callable[[
         current = fingerprint(files)
         if current != last:
             last = current
-            on_change()
+            on_change(current)
         await anext(events)

@@ -105,7 +105,12 @@ async def changes(dirs: list[str], debounce: float = 0.1, recheck: float = 10.0)
 
 
 async def _watchfiles(dirs: list[str], debounce: float, recheck: float) -> AsyncIterator[None]:
-    from watchfiles import awatch  # lazy: pulls in anyio
+    try:
+        from watchfiles import awatch  # lazy: pulls in anyio
+    except ImportError:  # the agent image has no watchfiles: inotify failed (e.g. EMFILE), so poll
+        while True:
+            yield None
+            await asyncio.sleep(recheck)
 
     stop = asyncio.Event()
     try:

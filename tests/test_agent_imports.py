@@ -152,3 +152,22 @@ async def test_a_json_config_file_needs_no_yaml(kms, tmp_path: Path) -> None:
     assert await agent.wait_exit() == 2
     err = agent.stderr().strip()
     assert err.startswith("kms-agent: bad config: config:") and "write the file as JSON" in err and len(err.splitlines()) == 1
+
+
+async def test_without_watchfiles_the_fallback_watch_polls_instead_of_dying(tmp_path: Path) -> None:
+    """Where inotify is unavailable (another OS, or inotify_init1 failing with EMFILE on a busy
+    node), the watch falls back to watchfiles; the agent image has none, so it polls (every
+    `recheck`) instead of dying with ImportError over and over."""
+    tree = _agent_only_tree(tmp_path)
+    code = (f"import sys; sys.path.insert(0, {str(tree)!r}); import asyncio\n"
+            "from injector.filewatch import _watchfiles\n"
+            "async def main():\n"
+            "    gen = _watchfiles([sys.argv[1]], 0.05, 0.05)\n"
+            "    for _ in range(3):\n"
+            "        await anext(gen)\n"
+            "    await gen.aclose()\n"
+            "    print('polled 3 times')\n"
+            "asyncio.run(main())\n")
+    proc = spawn([sys.executable, "-I", "-S", "-c", code, str(tmp_path)], tmp_path, "poll")
+    assert await proc.wait_exit() == 0, proc.stderr()
+    assert proc.stdout().strip() == "polled 3 times"
