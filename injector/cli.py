@@ -35,8 +35,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kms-injector: unknown command {name!r}; use one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module_name, func_name, _ = COMMANDS[name]
-    func = getattr(importlib.import_module(module_name), func_name)
-    return int(func(rest) or 0)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing == module_name.split(".")[0] or missing == "injector":
+            # The agent image carries only injector/: say so instead of a traceback.
+            print(f"kms-injector: the {name!r} command is not in this installation ({missing}/ is not installed; "
+                  f"the agent image carries only `kms-injector agent`); use the kms-injector-webhook image or "
+                  f"`pip install 'kms-injector[webhook]'` from a full source tree", file=sys.stderr)
+        else:
+            print(f"kms-injector: the {name!r} command needs {missing!r}, which is not installed; "
+                  f"install the webhook extra: pip install 'kms-injector[webhook]'", file=sys.stderr)
+        return 2
+    return int(getattr(module, func_name)(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Sidecar wake-ups from KMS change events, debounced.
 
-`event_trigger(agent)` is an Agent trigger (see Agent.add_trigger): it subscribes to the KMS event
-stream for the agent's folders (injector.kms.events) and calls `agent.wake()` when a change
-arrives. A lone change fetches at once (leading edge: nothing fired in the last QUIET seconds);
-the rest of a burst is coalesced: the next wake fires after QUIET seconds without a new event, and
+`event_trigger(agent)` is a sync-loop trigger (injector.agent_loop.AgentLoop.add_trigger, run
+under the agent's supervisor): it subscribes to the KMS event stream for the agent's folders
+(injector.kms.events) and calls `agent.nudge()` when a change arrives (the loop ignores nudges
+while its syncs fail: it retries on its own schedule then). A lone change fetches at once
+(leading edge: nothing fired in the last QUIET seconds); the rest of a burst is coalesced: the next wake fires after QUIET seconds without a new event, and
 never later than MAX_WAIT after the first held-back one, so 50 updates in a row cost two or three
 fetches, not 50.
 An event that arrives while a fetch runs is not lost: the agent's wake flag is cleared when a
@@ -17,7 +18,10 @@ only. Stdlib only.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from injector.seams import TriggerHost
 
 QUIET = 0.25  # seconds without a new event before the fetch
 MAX_WAIT = 1.0  # never delay a fetch longer than this after the first event of a burst
@@ -40,6 +44,11 @@ class Debouncer:
         self._reason = ""
         self.pokes = 0
         self.fired = 0
+
+    @property
+    def pending(self) -> bool:
+        """A poke is held back, waiting for its quiet window."""
+        return self._pending.is_set()
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
@@ -75,18 +84,21 @@ class Debouncer:
         self.fire(reason)
 
 
-def subscriber_metrics(sub: Any) -> Callable[[Any], None]:
-    """A Metrics collector (injector.health) reading the subscriber's live state: counts only."""
+def subscriber_metrics(sub: Any, wakeups: list[int], debouncer: "Debouncer | None" = None) -> Callable[[Any], None]:
+    """Fills a metrics reading (injector.health.Metrics) from the subscriber's live state: counts only."""
 
     def collect(m: Any) -> None:
+        if debouncer is not None:
+            m.fetch_pending = m.fetch_pending or debouncer.pending
         m.events_connected = bool(sub.connected)
         m.events_received_total = sub.events
         m.events_reconnects_total = max(0, sub.connects - 1)
+        m.event_wakeups_total = wakeups[0]
 
     return collect
 
 
-async def event_trigger(agent: Any) -> None:
+async def event_trigger(agent: "TriggerHost") -> None:
     """Agent trigger: subscribe, debounce, wake. Returns when events are off or unsupported."""
     cfg = agent.config
     if not cfg.events:
@@ -102,23 +114,16 @@ async def event_trigger(agent: Any) -> None:
         return
     from injector.kms.events import EventSubscriber
 
-    def wake(reason: str) -> None:
-        # While syncs are failing the agent retries on its own schedule (backoff, Retry-After, the
-        # floor after wrong credentials); an early wake would jump that queue. Its next success
-        # fetches the latest state anyway, so nothing is lost by not waking it.
-        if agent.metrics.healthy:
-            agent.wake(reason)
+    wakeups = [0]
 
-    def event_wake(reason: str) -> None:  # the debouncer's output: counted as an event wake-up
-        if agent.metrics.healthy:
-            agent.metrics.event_wakeups_total += 1
-        wake(reason)
+    def event_wake(reason: str) -> None:  # the debouncer's output: counted when it woke the loop
+        if agent.nudge(reason):
+            wakeups[0] += 1
 
     sub = EventSubscriber(client, cfg.project, cfg.env, [s.path for s in cfg.sources], logger=agent.log,
-                          on_need_login=lambda: wake("event stream token rejected"))
-    agent.event_subscriber = sub  # for metrics/tests; plain attribute, the Agent does not rely on it
-    agent.metrics.add_collector(subscriber_metrics(sub))
+                          on_need_login=lambda: agent.nudge("event stream token rejected"))
     debouncer = Debouncer(event_wake)
+    agent.add_metrics_source(subscriber_metrics(sub, wakeups, debouncer), key="events")
     flusher = asyncio.create_task(debouncer.run())
 
     def on_change(ev: Any) -> None:

@@ -8,7 +8,7 @@ timestamps only: never a key name, a value or a token.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 _MAX_REQUEST = 8192
@@ -17,7 +17,11 @@ _READ_TIMEOUT = 5.0
 
 @dataclass
 class Metrics:
-    """Counters the agent updates; rendered as Prometheus text by `render_metrics`."""
+    """One reading of the agent's state, rendered as Prometheus text by `render_metrics`.
+
+    Built afresh for every /metrics request from the state its owners keep (the sync loop's
+    AgentState, the token manager, the event subscriber): read-only, and never an input to a
+    decision."""
 
     syncs_total: int = 0  # successful syncs (including 304s)
     sync_failures_total: int = 0
@@ -34,19 +38,8 @@ class Metrics:
     events_reconnects_total: int = 0  # streams re-opened after the first one
     auth_logins_total: int = 0
     auth_renewals_total: int = 0
-    # Called before each render to copy live state kept elsewhere (the event subscriber, the token
-    # manager) into the fields above; not rendered (leading underscore).
-    _collectors: list[Callable[["Metrics"], None]] = field(default_factory=list, repr=False, compare=False)
-
-    def add_collector(self, collect: Callable[["Metrics"], None]) -> None:
-        self._collectors.append(collect)
-
-    def collect(self) -> None:
-        for fn in self._collectors:
-            try:
-                fn(self)
-            except Exception:  # a metrics read must never take the health server down
-                pass
+    fetch_pending: bool = False  # a fetch is running or due now (woken, or a change event held back)
+    credentials_parked: bool = False  # refused credentials are not retried until they change
 
 
 _HELP = {
@@ -65,10 +58,12 @@ _HELP = {
     "events_reconnects_total": ("counter", "Event streams re-opened after the first one."),
     "auth_logins_total": ("counter", "Logins to KMS."),
     "auth_renewals_total": ("counter", "Access token renewals."),
+    "fetch_pending": ("gauge", "1 while a fetch is running or due now (woken, or a debounced change event held back)."),
+    "credentials_parked": ("gauge", "1 while refused credentials are not retried until the credential files change."),
 }
 
 
-def token_counters(client: Any) -> Callable[[Metrics], None]:
+def token_counters(client: Any) -> Callable[[Metrics], None]:  # client: injector.kms.KmsClient
     """A collector copying the KMS client's login/renewal counts into the metrics. The client may
     swap its token manager (api: auto detection): the old manager's counts are kept, so the
     counters never go down."""
@@ -94,8 +89,6 @@ def render_metrics(metrics: Metrics) -> str:
 
     out = Exposition()
     for f in fields(metrics):
-        if f.name.startswith("_"):
-            continue
         kind, help_ = _HELP[f.name]
         name = f"kms_agent_{f.name}"
         value = getattr(metrics, f.name)
@@ -105,8 +98,11 @@ def render_metrics(metrics: Metrics) -> str:
 
 
 class HealthServer:
-    def __init__(self, metrics: Metrics, port: int, host: str = "0.0.0.0") -> None:
-        self.metrics = metrics
+    """Serves readings of the agent's state; `snapshot` and `ready` are the owner's read-only views."""
+
+    def __init__(self, snapshot: Callable[[], Metrics], ready: Callable[[], bool], port: int, host: str = "0.0.0.0") -> None:
+        self.snapshot = snapshot
+        self.ready = ready
         self.host = host
         self.port = port
         self._server: asyncio.AbstractServer | None = None
@@ -116,6 +112,16 @@ class HealthServer:
         self._server = await asyncio.start_server(self._handle, self.host, self.port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
+
+    async def serve(self) -> None:
+        """Listen and serve until cancelled (a supervised task); the port is bound on entry."""
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        try:
+            await self._server.serve_forever()
+        finally:
+            await self.stop()
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -131,11 +137,14 @@ class HealthServer:
         if path == "/healthz":
             return 200, "text/plain", "ok\n"
         if path == "/readyz":
-            if self.metrics.ready:
+            if self.ready():
                 return 200, "text/plain", "ready\n"
             return 503, "text/plain", "not ready: no successful sync yet\n"
-        self.metrics.collect()
-        return 200, "text/plain; version=0.0.4; charset=utf-8", render_metrics(self.metrics)
+        try:
+            text = render_metrics(self.snapshot())
+        except Exception:  # a reading must never take the health server down
+            return 503, "text/plain", "metrics unavailable\n"
+        return 200, "text/plain; version=0.0.4; charset=utf-8", text
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

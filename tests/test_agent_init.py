@@ -230,9 +230,10 @@ async def test_sigterm_while_init_closes_its_connection_after_success_exits_0(tm
     assert landed, "no SIGTERM landed while the agent was closing, in 3 runs"
 
 
-async def test_sigterm_during_the_init_command_exits_0_with_the_files_written(kms, tmp_path: Path) -> None:
+async def test_sigterm_during_the_notify_command_exits_0_with_the_files_written(kms, tmp_path: Path) -> None:
     """The files are written before the command runs: a SIGTERM cutting the command (the pod is
-    going away) leaves a finished init, exit 0, not a failed one."""
+    going away) leaves a finished sync, exit 0, not a failed one. Only the sidecar notifies, so
+    this runs in sidecar mode (init never runs the command: the test below)."""
     import signal as _signal
 
     from tests.agent_support import wait_for
@@ -240,7 +241,7 @@ async def test_sigterm_during_the_init_command_exits_0_with_the_files_written(km
     write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
     mount, marker = tmp_path / "secrets", tmp_path / "command-started"
     agent = spawn(agent_args(kms.base_url, mount, tmp_path / "auth", "--command", f"sh -c 'touch {marker}; sleep 60'",
-                             mode="init"), tmp_path, "init-command")
+                             mode="sidecar"), tmp_path, "sidecar-command")
     try:
         await wait_for(lambda: marker.exists() or agent.popen.poll() is not None, 30, "the command to start")
         assert marker.exists(), agent.stderr()[-2000:]
@@ -250,3 +251,58 @@ async def test_sigterm_during_the_init_command_exits_0_with_the_files_written(km
         agent.stop()
     assert read_folder(mount) == {**SHARED, **CHAT}
     assert agent.events("stopping") and "Traceback" not in agent.stderr()
+
+
+async def test_init_never_notifies_even_when_its_config_carries_a_command_or_signal(kms, tmp_path: Path) -> None:
+    """Issue 12 item 3: the init container's config may carry the signal or command; init writes
+    the files and exits 0 at once, running nothing and signalling nobody (no app runs yet, and a
+    command would hold every pod start for its timeout)."""
+    import sys
+
+    from tests.agent_support import APP, app_name, wait_for
+
+    write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
+    mount, marker = tmp_path / "secrets", tmp_path / "command-ran"
+    agent = spawn(agent_args(kms.base_url, mount, tmp_path / "auth", "--command", f"sh -c 'touch {marker}; sleep 60'",
+                             "--init-timeout", "5s", mode="init"), tmp_path, "init-command")
+    assert await agent.wait_exit(30) == 0, agent.stderr()[-2000:]
+    assert read_folder(mount) == {**SHARED, **CHAT}
+    assert not marker.exists(), "init ran the notify command"
+    assert agent.events("notify_skipped") and not [e for e in agent.events() if e["event"].startswith("command_")]
+
+    # A signal: an app of that name runs (here, after a first init wrote its files); a second
+    # init with changed content signals nobody.
+    name = app_name()
+    app = spawn([sys.executable, str(APP), str(mount)], tmp_path, "app", env={"KMS_APP_NAME": name})
+    try:
+        await wait_for(lambda: "app: loaded" in app.stdout(), what="app start")
+        kms.set_secret(PROJECT, ENV, "/chat", "API_KEY", "VALUE-init-rotated")
+        again = spawn(agent_args(kms.base_url, mount, tmp_path / "auth", "--signal", "SIGHUP", "--signal-process", name,
+                                 mode="init"), tmp_path, "init-signal")
+        assert await again.wait_exit(30) == 0, again.stderr()[-2000:]
+        assert read_folder(mount)["API_KEY"] == "VALUE-init-rotated"
+        # The app exists, so a signal would have been logged as sent (or refused): nothing was tried.
+        assert again.events("files_written") and not [e for e in again.events() if e["event"].startswith("signal_")]
+    finally:
+        app.stop()
+
+
+async def test_every_log_line_names_the_pod_and_its_namespace(kms, tmp_path: Path) -> None:
+    """Issue 12 item 12 (log side): the webhook sets KMS_POD_NAME / KMS_POD_NAMESPACE from the
+    downward API; every line the agent writes (its own, the KMS client's, the writer's) names them."""
+    pod = {"KMS_POD_NAME": "chat-7d9f-abcde", "KMS_POD_NAMESPACE": "hanzo"}
+    write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
+    agent = spawn(agent_args(kms.base_url, tmp_path / "secrets", tmp_path / "auth", mode="init"), tmp_path, "init", env=pod)
+    assert await agent.wait_exit() == 0, agent.stderr()
+    lines = agent.stderr().splitlines()
+    records = agent.events()
+    assert len(records) == len(lines) and {"starting", "kms_login", "files_written", "first_sync"} <= {r["event"] for r in records}
+    assert all(r.get("pod") == "chat-7d9f-abcde" and r.get("namespace") == "hanzo" for r in records), records
+
+    write_credentials(tmp_path / "auth", CLIENT_ID, "wrong-secret-pod-line")
+    failed = spawn(agent_args(kms.base_url, tmp_path / "other", tmp_path / "auth", "--init-timeout", "1s", mode="init"),
+                   tmp_path, "failed", env=pod)
+    assert await failed.wait_exit() == 1
+    plain = [line for line in failed.stderr().splitlines() if not line.startswith("{")]
+    assert len(plain) == 1 and plain[0].endswith(" pod=hanzo/chat-7d9f-abcde"), plain
+    assert all(r.get("pod") == "chat-7d9f-abcde" for r in failed.events())

@@ -22,6 +22,17 @@ from tests.agent_support import (
 LIST = "GET /v3/secrets/raw"
 SUBSCRIBE = "POST /v1/events/subscribe/project-events"
 LONG = 60.0  # poll interval: only an event can explain a change within seconds
+# How long a test waits for an event-driven update: well inside the first poll (LONG - 10%
+# jitter = 54 s after the last sync), so an update seen before it was brought by an event.
+EVENT_DEADLINE = 20.0
+
+
+async def settled(port: int, received_at_least: int) -> bool:
+    """The agent has received `received_at_least` matching events and has nothing left to do for
+    them: no fetch running or due, no debounced wake held back (kms_agent_fetch_pending 0)."""
+    body = await metrics(port)
+    return (metric(body, "kms_agent_events_received_total") >= received_at_least
+            and metric(body, "kms_agent_fetch_pending") == 0)
 
 
 @pytest.fixture
@@ -70,27 +81,28 @@ async def test_change_reaches_file_and_app_fast_and_bursts_are_coalesced(kms, tm
     agent = None
     try:
         await wait_for(lambda: "app: loaded" in app.stdout(), what="app start")
-        agent = await start(kms, tmp_path, "--signal", "SIGHUP", "--signal-process", name)
+        port = free_port()
+        agent = await start(kms, tmp_path, "--signal", "SIGHUP", "--signal-process", name, "--health-port", str(port))
         await wait_for(lambda: agent.events("events_connected"), what="event stream connected")
         await wait_for(lambda: kms.stats()["eventStreams"].get(IDENTITY) == 1, what="stream registered on the server")
+        await wait_for(lambda: settled(port, 0), what="the connect's resync fetch done")
 
-        # One change through the API: file and SIGHUP within seconds, with a 60 s poll interval.
-        t0 = time.monotonic()
+        # One change through the API: file and SIGHUP long before the 60 s poll; one fetch for it.
+        before = agent_fetches(kms)
         await api.update("API_KEY", "VALUE-api-event-1")
-        await wait_for(lambda: (mount / "API_KEY").read_text() == "VALUE-api-event-1", timeout=20, what="event-driven update")
-        latency = time.monotonic() - t0
-        await wait_for(lambda: len(app_reloads(app)) == 1, timeout=20, what="app reload")
-        assert latency < 5.0, latency
+        await wait_for(lambda: (mount / "API_KEY").read_text() == "VALUE-api-event-1", timeout=EVENT_DEADLINE,
+                       what="event-driven update")
+        await wait_for(lambda: len(app_reloads(app)) == 1, timeout=EVENT_DEADLINE, what="app reload")
         assert "API_KEY" in app_reloads(app)[0]
 
         # A burst of 50 updates: debounced into a few fetches, the last value wins.
-        await wait_for(lambda: agent_fetches(kms) >= 2, what="first sync and the event's fetch")
-        await asyncio.sleep(1.5)  # let the first change's fetches settle before counting
+        await wait_for(lambda: settled(port, 1), what="the first change's fetches done")
+        assert agent_fetches(kms) - before == 1, "one event, one fetch"
         before, reloads = agent_fetches(kms), len(app_reloads(app))
         for i in range(50):
             await api.update("API_KEY", f"VALUE-api-burst-{i}")
-        await wait_for(lambda: (mount / "API_KEY").read_text() == "VALUE-api-burst-49", timeout=20, what="last burst value")
-        await asyncio.sleep(2.0)  # a trailing fetch, if any, only makes the bound below stricter
+        await wait_for(lambda: (mount / "API_KEY").read_text() == "VALUE-api-burst-49", timeout=EVENT_DEADLINE, what="last burst value")
+        await wait_for(lambda: settled(port, 51), what="every burst event received and its fetches done")
         fetches = agent_fetches(kms) - before
         assert 1 <= fetches <= 4, fetches
         assert 1 <= len(app_reloads(app)) - reloads <= 4
@@ -115,27 +127,26 @@ async def test_cut_stream_and_server_restart_reconnect(kms, tmp_path: Path) -> N
         await wait_for(lambda: kms.state.drop_event_streams() == 1, what="a stream to drop")
         await wait_for(lambda: len(agent.events("events_connected")) >= 2, timeout=20, what="reconnect after a drop")
         assert agent.events("events_disconnected")
-        t0 = time.monotonic()
         await api.update("API_KEY", "VALUE-after-drop")
-        await wait_for(lambda: (mount / "API_KEY").read_text() == "VALUE-after-drop", timeout=20, what="event after reconnect")
-        assert time.monotonic() - t0 < 5.0
+        await wait_for(lambda: (mount / "API_KEY").read_text() == "VALUE-after-drop", timeout=EVENT_DEADLINE,
+                       what="event after reconnect")
 
         # 2. The whole KMS goes away and comes back on the same port: reconnect with backoff,
         #    and a change made while it was down arrives without waiting for the poll.
+        disconnected = len(agent.events("events_disconnected"))
         await kms.stop()
         kms.set_secret(PROJECT, ENV, "/chat", "API_KEY", "VALUE-during-outage")
-        await asyncio.sleep(1.0)  # outage long enough for a few failed reconnects
+        await wait_for(lambda: len(agent.events("events_disconnected")) > disconnected, timeout=30,
+                       what="the agent to notice the outage")
         connected = len(agent.events("events_connected"))
         await kms.start()
-        t0 = time.monotonic()
-        await wait_for(lambda: (mount / "API_KEY").read_text() == "VALUE-during-outage", timeout=30, what="catch-up after restart")
-        await wait_for(lambda: len(agent.events("events_connected")) > connected, timeout=30, what="reconnect after restart")
-        assert time.monotonic() - t0 < 15.0  # backoff is capped; far below the 60 s interval
+        # Backoff is capped (30 s for the stream): the catch-up comes far below the 60 s interval.
+        await wait_for(lambda: (mount / "API_KEY").read_text() == "VALUE-during-outage", timeout=40, what="catch-up after restart")
+        await wait_for(lambda: len(agent.events("events_connected")) > connected, timeout=40, what="reconnect after restart")
         await wait_for(lambda: kms.stats()["eventStreams"].get(IDENTITY) == 1, what="stream registered again")
-        t0 = time.monotonic()
         await api.update("JWT_SECRET", "VALUE-after-restart")
-        await wait_for(lambda: (mount / "JWT_SECRET").read_text() == "VALUE-after-restart", timeout=20, what="event after restart")
-        assert time.monotonic() - t0 < 5.0
+        await wait_for(lambda: (mount / "JWT_SECRET").read_text() == "VALUE-after-restart", timeout=EVENT_DEADLINE,
+                       what="event after restart")
         assert kms.stats()["eventStreams"].get(IDENTITY) == 1  # one stream, not a pile of them
     finally:
         await api.close()
@@ -174,7 +185,7 @@ async def test_event_metrics_on_the_health_port(kms, tmp_path: Path) -> None:
 
         # One change through the API: one matching event, one (debounced) early fetch.
         await api.update("API_KEY", "VALUE-metrics-1")
-        await wait_for(lambda: (mount / "API_KEY").read_text() == "VALUE-metrics-1", timeout=20, what="event-driven update")
+        await wait_for(lambda: (mount / "API_KEY").read_text() == "VALUE-metrics-1", timeout=EVENT_DEADLINE, what="event-driven update")
         await wait_for(lambda: at_least("events_received_total", 1), timeout=20, what="received counted")
         await wait_for(lambda: at_least("event_wakeups_total", wakeups + 1), timeout=20, what="wake-up counted")
 
