@@ -140,7 +140,7 @@ class Agent:
             res = await self.client.fetch(
                 cfg.project, cfg.env, src.path,
                 etag=st.etag if st.secrets is not None else None,
-                include_imports=cfg.include_imports,
+                include_imports=cfg.include_imports, keys=src.keys,
             )
             if res.not_modified and st.secrets is not None:
                 self.metrics.not_modified_total += 1
