@@ -198,6 +198,22 @@ def _keys_of(item: dict[str, Any]) -> list[str]:
     return []
 
 
+def classify_refusal(status: int, body: bytes, retry_after: str | None = None, redact: Iterable[str] = (),
+                     **where: Any) -> tuple[str, KmsError]:
+    """PURE: what a non-200 answer to subscribe means: ("relogin" | "unavailable" | "retry", error).
+
+    "unavailable": the statuses in UNAVAILABLE_STATUSES (plan, permission, no route, stub schema);
+    "relogin": 401 or 403 TokenError; "retry": the rest (429, 5xx: the caller counts them)."""
+    err = error_from_response(status, body, retry_after, list(redact), **where)
+    if status == 401 or (status == 403 and err.error_code == "TokenError"):
+        return "relogin", err
+    if status in UNAVAILABLE_STATUSES:
+        said = ": ".join(x for x in (err.error_code, err.kms_message) if x)
+        err.detail = f"{SUBSCRIBE_PATH} answered {status}" + (f" ({said})" if said else "")
+        return "unavailable", err
+    return "retry", err
+
+
 # -- I/O: the subscription loop ------------------------------------------------------------------
 
 class _Unsupported(Exception):
@@ -411,12 +427,11 @@ class EventSubscriber:
         except HttpError:
             body = b""
         redact = self.client.tokens.redact() + [token]
-        err = error_from_response(resp.status, body, resp.headers.get("retry-after"), redact, **self._where())
-        if resp.status == 401 or (resp.status == 403 and err.error_code == "TokenError"):
+        kind, err = classify_refusal(resp.status, body, resp.headers.get("retry-after"), redact, **self._where())
+        if kind == "relogin":
             raise _Relogin(token)
-        if resp.status in UNAVAILABLE_STATUSES:
-            said = f": {err.error_code + ': ' if err.error_code else ''}{err.kms_message}" if err.kms_message or err.error_code else ""
-            raise _Unsupported(f"{SUBSCRIBE_PATH} answered {resp.status}{said}")
+        if kind == "unavailable":
+            raise _Unsupported(str(err.detail))
         raise err
 
     def _note_failure(self, err: BaseException, delay: float) -> None:

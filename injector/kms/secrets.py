@@ -131,6 +131,19 @@ def parse_secrets(data: Any, include_imports: bool = True) -> dict[str, str]:
     return parse_folder(data, include_imports).secrets
 
 
+def parse_secret(data: Any) -> tuple[str, str]:
+    """(key, value) of a single-secret answer (`GET|POST|PATCH|DELETE /v3/secrets/raw/{name}`)."""
+    if not isinstance(data, dict) or not isinstance(data.get("secret"), dict):
+        raise ShapeError("secret", "is missing or not an object")
+    parsed = ParsedFolder()
+    out: dict[str, str] = {}
+    _secret_list([data["secret"]], "secret", out, parsed)
+    if parsed.skipped:
+        raise ShapeError(parsed.skipped[0].where, parsed.skipped[0].problem)
+    ((key, value),) = out.items()
+    return key, value
+
+
 def local_etag(secrets: dict[str, str]) -> str:
     """An ETag for servers that send none: sha256 of the canonical JSON of the merged folder.
 
