@@ -66,11 +66,13 @@ class SubscribePolicy:
     project_id_wait: float = 5.0  # how often to look for a learnt project id (no requests)
 
     def attempts_per_hour(self) -> float:
-        """Upper bound of subscribe requests per hour against a server that always refuses: each
-        round is at most max(server_error_limit, relogin_limit) attempts (a few seconds of
-        backoff), then one unavailable_retry wait at its shortest (jitter low end)."""
+        """Upper bound of subscribe requests per hour against a server that always refuses: a
+        round is at most max(server_error_limit, relogin_limit) attempts (seconds of backoff),
+        then one unavailable_retry wait at its shortest (jitter's low end); a 429 waits at least
+        rate_limited_floor (low end) each time. Defaults: 5/h for 4xx, 15/h for 5xx, 401 or 429."""
         per_round = max(self.server_error_limit, self.relogin_limit, 1)
-        return per_round * 3600.0 / (self.unavailable_retry * (1 - self.jitter))
+        low = 1 - self.jitter
+        return max(per_round * 3600.0 / (self.unavailable_retry * low), 3600.0 / (self.rate_limited_floor * low))
 
 
 # -- pure: SSE framing ---------------------------------------------------------------------------
@@ -322,7 +324,7 @@ class EventSubscriber:
                 if self.on_need_login is not None:
                     self.on_need_login()
                 if self._refused_tokens >= self.policy.relogin_limit:
-                    await self._unavailable(f"the event stream refused {self._refused_tokens} access tokens in a row")
+                    await self._unavailable(f"the event stream refused {self._refused_tokens} access tokens in a row (401 or 403 TokenError)")
                     continue
                 if not relogged:  # one immediate retry with a fresh token; then back off
                     relogged = True
