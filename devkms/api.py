@@ -30,13 +30,18 @@ Test hooks (always in-process; in the CLI only with --test-hooks), under /api/_d
                               (version bump, change events), creating the folder; any --api mode
   DELETE /api/_dev/secrets   {"project", "environment", "path", "key"}
 
-With api="canonical" only the routes in canonical.py are served (the ones above answer 404).
+That is the `dev` profile. Other profiles (profiles.py) serve the routes of the real server they
+model: infisical.py (infisical-recorded, hanzo-node, infisical-events) and canonical.py (canonical,
+canonical-older, canonical-nolist); the test hooks are served in every profile. With api="canonical"
+(dev profile) only the legacy routes in canonical_legacy.py are served.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import hmac
 import json
 from typing import Any, Awaitable, Callable
 
@@ -45,10 +50,12 @@ from aiohttp import web
 from injector.log import get_logger
 
 from .audit import AuditLog
+from .profiles import Profile, get_profile
 from .seed import Identity, normalize_path
 from .state import EVENT_TYPES, DevKms, Fault, KmsError, Subscriber, bad_request, not_found, validation
 
 STATE = web.AppKey("state", DevKms)
+PROFILE = web.AppKey("profile", Profile)
 AUDIT = web.AppKey("audit", AuditLog)
 _RequestKey = getattr(web, "RequestKey", None)  # aiohttp >= 3.13; plain string keys before
 IDENTITY: Any = _RequestKey("identity", str) if _RequestKey else "identity"  # identity name (stats, audit)
@@ -81,6 +88,31 @@ def error_response(status: int, error: str, message: str, headers: dict[str, str
     return web.json_response(body, status=status, headers=headers)
 
 
+def secrets_equal(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def fastify_etag(payload: bytes) -> str:
+    """@fastify/etag's default: a quoted base64 SHA-1 of the body (the fixtures' ETags are exactly this)."""
+    return '"' + base64.b64encode(hashlib.sha1(payload).digest()).decode() + '"'
+
+
+def _real_infisical(request: web.Request) -> bool:
+    return request.app[PROFILE].infisical in ("recorded", "newer") and not request.path.startswith("/api/_dev")
+
+
+def fastify_json(request: web.Request, body: Any, status: int, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer as fastify sends it: compact, UTF-8, ETag on every response; a GET whose
+    If-None-Match matches gets 304 with an empty body, still carrying ETag and Content-Type."""
+    payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    etag = fastify_etag(payload)
+    out = {**(headers or {}), "ETag": etag, "Content-Type": "application/json; charset=utf-8"}
+    inm = request.headers.get("If-None-Match")
+    if status == 200 and request.method == "GET" and inm and _etag_matches(inm, etag):
+        return web.Response(status=304, headers=out)
+    return web.Response(body=payload, status=status, headers=out)
+
+
 def etag_of(payload: bytes) -> str:
     return '"' + hashlib.sha256(payload).hexdigest()[:32] + '"'
 
@@ -95,6 +127,8 @@ def _etag_matches(header: str, etag: str) -> bool:
 
 def ok(request: web.Request, body: dict) -> web.Response:
     """200 with an ETag; a GET whose If-None-Match matches gets 304 with an empty body."""
+    if _real_infisical(request):
+        return fastify_json(request, body, 200)
     payload = json.dumps(body, separators=(",", ":")).encode()
     etag = etag_of(payload)
     inm = request.headers.get("If-None-Match")
@@ -610,11 +644,50 @@ def _route_label(request: web.Request) -> str:
     return f"{request.method} {canonical.removeprefix('/api')}"
 
 
+def render_error(request: web.Request, exc: KmsError) -> web.Response:
+    """An error in the shape of the server the profile models (and of the route's surface)."""
+    profile = request.app[PROFILE]
+    path = request.path
+    if path.startswith("/api/_dev") or profile.infisical == "dev" and not profile.canonical:
+        return error_response(exc.status, exc.error, exc.message, exc.headers, path.startswith("/api/v1/kms/"))
+    if profile.canonical == "legacy" and path.startswith("/api/v1/kms/"):
+        return error_response(exc.status, exc.error, exc.message, exc.headers, True)
+    if profile.infisical in ("recorded", "newer"):
+        body: dict[str, Any] = {"reqId": _req_id()} if profile.infisical == "newer" else {}
+        body.update(statusCode=exc.status, message=exc.message, error=exc.error or ERROR_NAMES.get(exc.status, "Error"))
+        return fastify_json(request, body, exc.status, exc.headers)
+    if profile.canonical in ("current", "older", "nolist"):
+        from .canonical import render_error as canonical_error
+
+        return canonical_error(request, exc)
+    return error_response(exc.status, exc.error, exc.message, exc.headers, False)
+
+
+def route_missing(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """No route (or not this method): fastify's own 404 on the Infisical servers, Go's plain-text
+    404/405 on the canonical ones, the dev model's error body otherwise."""
+    profile = request.app[PROFILE]
+    if not request.path.startswith("/api/_dev") and exc.status in (404, 405):
+        if profile.infisical in ("recorded", "newer"):
+            return fastify_json(request, {"message": f"Route {request.method}:{request.raw_path[:500]} not found",
+                                          "error": "Not Found", "statusCode": 404}, 404)
+        if profile.infisical is None and profile.canonical in ("current", "older", "nolist"):
+            from .canonical import plain
+
+            if exc.status == 405:
+                allow = exc.headers.get("Allow")
+                return plain(405, "Method Not Allowed", {"Allow": allow} if allow else None)
+            return plain(404, "404 page not found")
+    msg = {404: f"Route {request.method} {request.path[:200]} not found",
+           405: f"Method {request.method} not allowed on {request.path[:200]}",
+           413: f"Request body too large; the limit is {MAX_BODY} bytes"}.get(exc.status, exc.reason)
+    return render_error(request, KmsError(exc.status, ERROR_NAMES.get(exc.status, "Error"), msg))
+
+
 @web.middleware
 async def api_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
     state = kms(request)
     dev = request.path.startswith("/api/_dev")
-    canonical = request.path.startswith("/api/v1/kms/")
     status = 500
     try:
         fault = None if dev else state.take_fault(request.path.removeprefix("/api"))
@@ -623,21 +696,18 @@ async def api_middleware(request: web.Request, handler: Callable) -> web.StreamR
                 await asyncio.sleep(fault.delay)
             if fault.status is not None and fault.status != 200:
                 headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
-                resp = error_response(fault.status, ERROR_NAMES.get(fault.status, "Error"),
-                                      f"Injected fault: status {fault.status}", headers, canonical)
+                resp = render_error(request, KmsError(fault.status, ERROR_NAMES.get(fault.status, "Error"),
+                                                      f"Injected fault: status {fault.status}", headers))
                 status = resp.status
                 return resp
         try:
             resp = await handler(request)
         except KmsError as exc:
-            resp = error_response(exc.status, exc.error, exc.message, exc.headers, canonical)
+            resp = render_error(request, exc)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            msg = {404: f"Route {request.method} {request.path[:200]} not found",
-                   405: f"Method {request.method} not allowed on {request.path[:200]}",
-                   413: f"Request body too large; the limit is {MAX_BODY} bytes"}.get(exc.status, exc.reason)
-            resp = error_response(exc.status, ERROR_NAMES.get(exc.status, "Error"), msg, None, canonical)
+            resp = route_missing(request, exc)
         if fault is not None and fault.body:
             resp = await _apply_body_fault(request, resp, fault.body)
         status = resp.status
@@ -648,22 +718,26 @@ async def api_middleware(request: web.Request, handler: Callable) -> web.StreamR
     except Exception as exc:  # noqa: BLE001 - a bug, not bad input; say so without leaking
         log.error("internal_error", route=_route_label(request), error=type(exc).__name__)
         status = 500
-        return error_response(500, "InternalServerError", f"Internal error ({type(exc).__name__})", None, canonical)
+        return render_error(request, KmsError(500, "InternalServerError", f"Internal error ({type(exc).__name__})"))
     finally:
         if not dev:
             state.record(_route_label(request), request.get(IDENTITY), status)
 
 
 def build_app(state: DevKms, *, test_hooks: bool = True, audit: AuditLog | None = None,
-              client_max_size: int = MAX_BODY, api: str = "infisical") -> web.Application:
-    """api: "infisical" (kms-api.md; default), "canonical" (the newer /v1/kms API only), or "both"."""
-    if api not in ("infisical", "canonical", "both"):
-        raise ValueError(f"api must be infisical, canonical or both, got {api!r}")
+              client_max_size: int = MAX_BODY, api: str | None = None) -> web.Application:
+    """Routes of state.profile (see profiles.py). api: the legacy switch for the dev profile:
+    "infisical" (default), "canonical" (only the legacy canonical routes) or "both"."""
+    profile = get_profile(state.profile, api=api)
     app = web.Application(middlewares=[api_middleware], client_max_size=client_max_size)
     app[STATE] = state
+    app[PROFILE] = profile
     app[AUDIT] = audit or AuditLog()
     r = app.router
-    if api in ("infisical", "both"):
+    if profile.infisical == "dev":
+        from .infisical import status as infisical_status
+
+        r.add_get("/api/status", infisical_status)
         r.add_post("/api/v1/auth/universal-auth/login", login)
         r.add_post("/api/v1/auth/token/renew", renew)
         r.add_post("/api/v1/auth/token/revoke", revoke)
@@ -674,10 +748,18 @@ def build_app(state: DevKms, *, test_hooks: bool = True, audit: AuditLog | None 
         r.add_patch("/api/v3/secrets/raw/{name}", update_secret)
         r.add_delete("/api/v3/secrets/raw/{name}", delete_secret)
         r.add_post("/api/v1/events/subscribe/project-events", subscribe_events)
-    if api in ("canonical", "both"):
-        from .canonical import add_routes
+    elif profile.infisical in ("recorded", "newer"):
+        from .infisical import add_routes as add_infisical
 
-        add_routes(app)
+        add_infisical(app, profile.events if state.events_enabled else "absent")
+    if profile.canonical == "legacy":
+        from .canonical_legacy import add_routes as add_legacy
+
+        add_legacy(app)
+    elif profile.canonical:
+        from .canonical import add_routes as add_canonical
+
+        add_canonical(app, profile.canonical)
     if test_hooks:
         r.add_get("/api/_dev/stats", dev_stats)
         r.add_delete("/api/_dev/stats", dev_stats_reset)

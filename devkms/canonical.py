@@ -1,84 +1,428 @@
-"""The newer canonical KMS API (shared/kms-api.md, "second backend"), served by `--api canonical`:
+"""The canonical KMS API of Hanzo's Go servers (shared/kms-api.md, "The canonical API"), at the host
+root, for the profiles canonical (current surface), canonical-older and canonical-nolist:
 
-  POST /api/v1/kms/auth/login {clientId, clientSecret} -> {accessToken, expiresIn, tokenType}
-  GET  /api/v1/kms/orgs/{org}/secrets?path=/chat&env=prod   -> {"names": [...]}
-  GET  /api/v1/kms/orgs/{org}/secrets/{path...}/{name}?env=prod -> {"secret": {"value": "..."}}
+  GET  /v1/kms/health                                   {"status": "ok"}   (the route `auto` probes)
+  POST /v1/kms/auth/login {clientId, clientSecret}      {accessToken (JWT, `owner` = org), expiresIn, tokenType}
+  current:  GET    /v1/kms/secrets?path=&env=            {"names", "secrets": [{name, path, env, scheme}], "total"}  (not on nolist)
+            GET    /v1/kms/secrets/{sub/path/}{name}?env= {"env", "name", "value"}   (root-folder secrets allowed)
+            POST   /v1/kms/secrets {path, name, env, value}  upsert
+            DELETE /v1/kms/secrets/{sub/path/}{name}?env=
+  older:    GET    /v1/kms/orgs/{org}/secrets?prefix=&env= {"secrets": [{path, name, env, version, updatedTime}], "count", "truncated"?}
+            GET    /v1/kms/orgs/{org}/secrets/{path/}{name}?env= {"secret": {"value"}, "version"}  (root: 400)
+            POST   /v1/kms/orgs/{org}/secrets {path, name, env, value}; PATCH .../{name} (If-Match: version -> 409)
+            DELETE /v1/kms/orgs/{org}/secrets/{path/}{name}?env=
 
-`org` is the project (slug or id). Names include the folder's imports, and a get falls back to
-them (the folder's own value wins), so both backends yield the same files. No ETag, no renew, no
-events; errors are {"statusCode", "message"}.
+The org is a project of the seed; the sub-path is the folder without its slashes. Go servers have
+no folder imports: seeded imports are not followed here. No renew, ETag or events. Unknown paths
+answer a plain-text 404, a method a route does not take a plain-text 405 (Go's ServeMux).
 """
 
 from __future__ import annotations
 
+import json
+import re
+from typing import Any
+from urllib.parse import unquote
+
 from aiohttp import web
 
-from .state import KmsError, bad_request
+from .seed import Identity
+from .state import DevKms, KmsError, Project
+
+SEGMENT_OLDER = re.compile(r"[A-Za-z0-9._-]+")
+MAX_NAME_BYTES = 253
+SCHEME = "aes-256-gcm"  # opaque to clients: the page names the field, not its values
 
 
-def _api():  # late import: api.py imports this module
+def _api():
     from . import api
 
     return api
 
 
-async def login(request: web.Request) -> web.Response:
-    api = _api()
-    body = await api.read_json(request)
-    client_id = api.req_str(body, "clientId", max_len=1000)
-    client_secret = api.req_str(body, "clientSecret", max_len=1000)
+def kms(request: web.Request) -> DevKms:
+    return _api().kms(request)
+
+
+def older(request: web.Request) -> bool:
+    return request.path.startswith("/v1/kms/orgs/")
+
+
+def error(status: int, message: str, headers: dict | None = None) -> KmsError:
+    return KmsError(status, "", message, headers)
+
+
+def render_error(request: web.Request, exc: KmsError) -> web.Response:
+    body = {"message": exc.message} if older(request) else {"statusCode": exc.status, "message": exc.message}
+    return web.Response(text=json.dumps(body, separators=(",", ":")), status=exc.status, content_type="application/json",
+                        headers=exc.headers or None)
+
+
+def plain(status: int, text: str, headers: dict | None = None) -> web.Response:
+    return web.Response(text=text + "\n", status=status, content_type="text/plain", charset="utf-8", headers=headers)
+
+
+async def body_of(request: web.Request, what: str) -> dict:
     try:
-        ident, out = api.kms(request).login(client_id, client_secret)
-    except KmsError as exc:
-        request[api.IDENTITY] = getattr(exc, "identity", None)
-        raise
+        body = json.loads(await request.read() or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise error(400, f"invalid JSON body; expected {what}") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise error(413, "request body too large") from None
+    if not isinstance(body, dict):
+        raise error(400, f"invalid JSON body; expected {what}")
+    return body
+
+
+def authenticate(request: web.Request) -> Identity:
+    api = _api()
+    state = kms(request)
+    auth = request.headers.get("Authorization", "")
+    bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+    try:
+        tok = state.token_real(bearer)
+    except KmsError:
+        raise error(401, "unauthorized" if older(request) else "invalid or expired token") from None
+    ident = state.identities[tok.identity]
     request[api.IDENTITY] = ident.name
-    return web.json_response({"accessToken": out["accessToken"], "expiresIn": out["expiresIn"], "tokenType": "Bearer"})
+    try:
+        state.check_rate(ident.name)
+    except KmsError as exc:
+        raise error(429, "rate limited", exc.headers) from None
+    return ident
 
 
-def _env(request: web.Request) -> str:
-    env = request.query.get("env") or request.query.get("environment")
+def org_project(request: web.Request, ident: Identity, url_org: str | None = None) -> Project:
+    state = kms(request)
+    org = state.org_of(ident)
+    if url_org is not None and url_org != org:
+        raise error(403, "org claim does not match URL")
+    try:
+        return state.project(org)
+    except KmsError:
+        raise error(403, "not a member of the org") from None
+
+
+def env_of(request: web.Request) -> str:
+    env = request.query.get("env", "")
     if not env:
-        raise bad_request("Missing env: pass ?env=prod")
+        raise error(400, "env is required (?env=prod)")
     return env
 
 
-async def list_names(request: web.Request) -> web.Response:
+def check_segments(segments: list[str], *, older_rules: bool) -> None:
+    """Current: no empty, '.' or '..' segment, no control bytes, name <= 253 bytes. Older: [A-Za-z0-9._-] only."""
+    for seg in segments:
+        if older_rules:
+            if not SEGMENT_OLDER.fullmatch(seg):
+                raise error(400, "invalid path: segments may contain only A-Z a-z 0-9 . _ -")
+        elif seg in ("", ".", "..") or any(ord(c) < 32 or ord(c) == 127 for c in seg):
+            raise error(400, "invalid path: empty, '.' or '..' segment, or a control character")
+    if segments and len(segments[-1].encode()) > MAX_NAME_BYTES:
+        raise error(400, f"invalid name: at most {MAX_NAME_BYTES} bytes")
+
+
+def split_rest(request: web.Request, prefix: str) -> list[str]:
+    """The URL-escaped segments after `prefix`, each unescaped on its own (a %2F stays in its segment)."""
+    raw = request.rel_url.raw_path[len(prefix):]
+    return [unquote(s) for s in raw.split("/")]
+
+
+def folder_path(sub: str) -> str:
+    parts = [p for p in sub.strip("/").split("/") if p]
+    return "/" + "/".join(parts)
+
+
+def sub_path(folder: str) -> str:
+    return folder.strip("/")
+
+
+def _can_read(state: DevKms, ident: Identity, project: Project, env: str, folder: str) -> bool:
+    return state.can(ident, "read", project, env, folder)
+
+
+def _member(ident: Identity, project: Project) -> None:
+    if not any(r.project in ("*", project.slug, project.id) for r in ident.access):
+        raise error(403, "not a member of the org")
+
+
+# ---- routes --------------------------------------------------------------------------------
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return plain(200, "ok")
+
+
+async def login(request: web.Request) -> web.Response:
+    api = _api()
+    try:
+        body = await body_of(request, "{clientId, clientSecret}")
+    except KmsError:
+        body = {}
+    cid, csec = body.get("clientId"), body.get("clientSecret")
+    if not isinstance(cid, str) or not isinstance(csec, str) or not cid or not csec:
+        raise error(400, "clientId and clientSecret required")
+    state = kms(request)
+    ident = next((i for i in state.identities.values() if i.client_id == cid), None)
+    if ident is None or not _api().secrets_equal(ident.client_secret, csec):
+        request[api.IDENTITY] = ident.name if ident else None
+        raise error(401, "invalid credentials")
+    request[api.IDENTITY] = ident.name
+    return web.json_response(state.issue_real(ident, canonical=True))
+
+
+async def list_current(request: web.Request) -> web.Response:
     api = _api()
 
     async def run() -> web.Response:
-        ident = api.authenticate(request)
-        org, env = request.match_info["org"], _env(request)
-        path = api.parse_path(request.query.get("path"), "path")
-        request[api.LOCATION] = (org, env, path)
-        out = api.kms(request).list_secrets(ident, org, env, path, include_imports=True)
-        names = {s["secretKey"] for s in out["secrets"]} | {s["secretKey"] for i in out["imports"] for s in i["secrets"]}
-        request[api.COUNT] = len(names)
-        return web.json_response({"names": sorted(names)})
+        ident = authenticate(request)
+        project = org_project(request, ident)
+        env_slug = env_of(request)
+        raw = request.query.get("path", "")
+        segs = [s for s in raw.strip("/").split("/")] if raw.strip("/") else []
+        check_segments(segs + ["x"], older_rules=False)
+        folder = folder_path(raw)
+        request[api.LOCATION] = (project.slug, env_slug, folder)
+        state = kms(request)
+        _member(ident, project)
+        if not _can_read(state, ident, project, env_slug, folder):
+            raise error(403, f"no read access to {folder} in {env_slug}")
+        env = project.environments.get(env_slug)
+        rows = []
+        if env is not None:
+            prefix = folder.rstrip("/") + "/"
+            for path, f in sorted(env.folders.items()):
+                if (path == folder or path.startswith(prefix)) and _can_read(state, ident, project, env_slug, path):
+                    rows += [{"name": s.key, "path": sub_path(path), "env": env_slug, "scheme": SCHEME}
+                             for s in sorted(f.secrets.values(), key=lambda s: s.key)]
+        request[api.COUNT] = len(rows)
+        return web.json_response({"names": sorted({r["name"] for r in rows}), "secrets": rows, "total": len(rows)})
 
     return await api._audited(request, "read", run)
 
 
-async def get_value(request: web.Request) -> web.Response:
+def _locate(request: web.Request, prefix: str, *, older_rules: bool) -> tuple[str, str]:
+    segs = split_rest(request, prefix)
+    if older_rules and len(segs) < 2:
+        raise error(400, "path and name required")
+    check_segments(segs, older_rules=older_rules)
+    return "/" + "/".join(segs[:-1]), segs[-1]
+
+
+async def read_current(request: web.Request) -> web.Response:
     api = _api()
-    rest = request.match_info["rest"]
-    folder, _, name = rest.rstrip("/").rpartition("/")
 
     async def run() -> web.Response:
-        ident = api.authenticate(request)
-        org, env = request.match_info["org"], _env(request)
-        if not name:
-            raise bad_request("Missing secret name: GET /v1/kms/orgs/{org}/secrets/{path...}/{name}?env=prod")
-        path = api.parse_path("/" + folder, "path")
-        request[api.LOCATION] = (org, env, path)
-        out = api.kms(request).get_secret(ident, org, env, path, name, include_imports=True)
-        return web.json_response({"secret": {"value": out["secret"]["secretValue"]}})
+        ident = authenticate(request)
+        project = org_project(request, ident)
+        env_slug = env_of(request)
+        folder, name = _locate(request, "/v1/kms/secrets/", older_rules=False)
+        request[api.LOCATION] = (project.slug, env_slug, folder)
+        _member(ident, project)
+        state = kms(request)
+        if not _can_read(state, ident, project, env_slug, folder):
+            raise error(403, f"no read access to {folder} in {env_slug}")
+        s = _secret(project, env_slug, folder, name)
+        if s is None:
+            raise error(404, "secret not found")
+        return web.json_response({"env": env_slug, "name": name, "value": s.value})
 
-    return await api._audited(request, "read", run, key=name[:500])
+    return await api._audited(request, "read", run, key=request.path.rsplit("/", 1)[-1][:500])
 
 
-def add_routes(app: web.Application) -> None:
+def _secret(project: Project, env: str, folder: str, name: str):
+    e = project.environments.get(env)
+    f = e.folders.get(folder) if e else None
+    return f.secrets.get(name) if f else None
+
+
+async def _upsert(request: web.Request, project: Project, ident: Identity, body: dict, *, older_rules: bool) -> Any:
+    api = _api()
+    state = kms(request)
+    fields = {k: body.get(k) for k in ("path", "name", "env", "value")}
+    bad = [k for k in ("name", "env", "value") if not isinstance(fields[k], str) or (k != "value" and not fields[k])]
+    if fields["path"] is not None and not isinstance(fields["path"], str):
+        bad.append("path")
+    if bad:
+        raise error(400, f"invalid or missing field(s) {', '.join(bad)}; expected {{path, name, env, value}} strings")
+    sub = (fields["path"] or "").strip("/")
+    segs = (sub.split("/") if sub else []) + [fields["name"]]
+    if older_rules and not sub:
+        raise error(400, "path and name required")
+    check_segments(segs, older_rules=older_rules)
+    folder = folder_path(sub)
+    request[api.LOCATION] = (project.slug, fields["env"], folder)
+    _member(ident, project)
+    if not state.can(ident, "write", project, fields["env"], folder):
+        raise error(403, f"no write access to {folder} in {fields['env']}")
+    if fields["env"] not in project.environments:
+        raise error(404, f"environment {fields['env'][:100]} not found")
+    return state.set_secret(project.slug, fields["env"], folder, fields["name"], fields["value"])
+
+
+async def write_current(request: web.Request) -> web.Response:
+    api = _api()
+
+    async def run() -> web.Response:
+        ident = authenticate(request)
+        project = org_project(request, ident)
+        body = await body_of(request, "{path, name, env, value}")
+        out = await _upsert(request, project, ident, body, older_rules=False)
+        return web.json_response({"env": out["environment"], "name": out["secretKey"], "path": sub_path(out["secretPath"])})
+
+    return await api._audited(request, "write", run)
+
+
+async def _delete(request: web.Request, project: Project, ident: Identity, prefix: str, *, older_rules: bool) -> web.Response:
+    api = _api()
+    env_slug = env_of(request)
+    folder, name = _locate(request, prefix, older_rules=older_rules)
+    request[api.LOCATION] = (project.slug, env_slug, folder)
+    _member(ident, project)
+    state = kms(request)
+    if not state.can(ident, "write", project, env_slug, folder):
+        raise error(403, f"no write access to {folder} in {env_slug}")
+    if _secret(project, env_slug, folder, name) is None:
+        raise error(404, "not found" if older_rules else "secret not found")
+    state.delete_secret(project.slug, env_slug, folder, name)
+    return web.Response(status=204)
+
+
+async def delete_current(request: web.Request) -> web.Response:
+    api = _api()
+
+    async def run() -> web.Response:
+        ident = authenticate(request)
+        return await _delete(request, org_project(request, ident), ident, "/v1/kms/secrets/", older_rules=False)
+
+    return await api._audited(request, "delete", run)
+
+
+# ---- older surface -------------------------------------------------------------------------
+
+def _older_prefix(request: web.Request) -> str:
+    return f"/v1/kms/orgs/{request.rel_url.raw_path.split('/')[4]}/secrets/"
+
+
+async def list_older(request: web.Request) -> web.Response:
+    api = _api()
+
+    async def run() -> web.Response:
+        ident = authenticate(request)
+        project = org_project(request, ident, request.match_info["org"])
+        env_slug = env_of(request)
+        prefix = request.query.get("prefix", "").strip("/")
+        request[api.LOCATION] = (project.slug, env_slug, "/" + prefix)
+        _member(ident, project)
+        state = kms(request)
+        env = project.environments.get(env_slug)
+        rows = []
+        if env is not None:
+            for path, f in sorted(env.folders.items()):
+                sub = sub_path(path)
+                if sub.startswith(prefix) and _can_read(state, ident, project, env_slug, path):
+                    rows += [{"path": sub, "name": s.key, "env": env_slug, "version": s.version, "updatedTime": s.updated_at}
+                             for s in sorted(f.secrets.values(), key=lambda s: s.key)]
+        out: dict[str, Any] = {"secrets": rows[:state.list_cap], "count": min(len(rows), state.list_cap)}
+        if len(rows) > state.list_cap:
+            out["truncated"] = True
+        request[api.COUNT] = out["count"]
+        return web.json_response(out)
+
+    return await api._audited(request, "read", run)
+
+
+async def read_older(request: web.Request) -> web.Response:
+    api = _api()
+
+    async def run() -> web.Response:
+        ident = authenticate(request)
+        project = org_project(request, ident, request.match_info["org"])
+        env_slug = env_of(request)
+        folder, name = _locate(request, _older_prefix(request), older_rules=True)
+        request[api.LOCATION] = (project.slug, env_slug, folder)
+        _member(ident, project)
+        if not _can_read(kms(request), ident, project, env_slug, folder):
+            raise error(403, "forbidden")
+        s = _secret(project, env_slug, folder, name)
+        if s is None:
+            raise error(404, "not found")
+        return web.json_response({"secret": {"value": s.value}, "version": s.version})
+
+    return await api._audited(request, "read", run, key=request.path.rsplit("/", 1)[-1][:500])
+
+
+async def write_older(request: web.Request) -> web.Response:
+    api = _api()
+
+    async def run() -> web.Response:
+        ident = authenticate(request)
+        project = org_project(request, ident, request.match_info["org"])
+        body = await body_of(request, "{path, name, env, value}")
+        out = await _upsert(request, project, ident, body, older_rules=True)
+        return web.json_response({"path": sub_path(out["secretPath"]), "name": out["secretKey"], "env": out["environment"],
+                                  "version": out["version"]})
+
+    return await api._audited(request, "write", run)
+
+
+async def patch_older(request: web.Request) -> web.Response:
+    api = _api()
+
+    async def run() -> web.Response:
+        ident = authenticate(request)
+        project = org_project(request, ident, request.match_info["org"])
+        env_slug = env_of(request)
+        folder, name = _locate(request, _older_prefix(request), older_rules=True)
+        body = await body_of(request, "{value}")
+        if not isinstance(body.get("value"), str):
+            raise error(400, "value required")
+        request[api.LOCATION] = (project.slug, env_slug, folder)
+        _member(ident, project)
+        state = kms(request)
+        if not state.can(ident, "write", project, env_slug, folder):
+            raise error(403, "forbidden")
+        s = _secret(project, env_slug, folder, name)
+        if s is None:
+            raise error(404, "not found")
+        match = request.headers.get("If-Match")
+        if match is not None and match.strip().strip('"') != str(s.version):
+            raise error(409, f"version conflict: the secret is at version {s.version}")
+        out = state.set_secret(project.slug, env_slug, folder, name, body["value"])
+        return web.json_response({"version": out["version"]})
+
+    return await api._audited(request, "update", run)
+
+
+async def delete_older(request: web.Request) -> web.Response:
+    api = _api()
+
+    async def run() -> web.Response:
+        ident = authenticate(request)
+        project = org_project(request, ident, request.match_info["org"])
+        return await _delete(request, project, ident, _older_prefix(request), older_rules=True)
+
+    return await api._audited(request, "delete", run)
+
+
+def add_routes(app: web.Application, surface: str) -> None:
+    """surface: "current", "older" or "nolist"."""
     r = app.router
-    r.add_post("/api/v1/kms/auth/login", login)
-    r.add_get("/api/v1/kms/orgs/{org}/secrets", list_names)
-    r.add_get("/api/v1/kms/orgs/{org}/secrets/{rest:.+}", get_value)
+    r.add_get("/v1/kms/health", health)
+    r.add_get("/healthz", healthz)
+    r.add_post("/v1/kms/auth/login", login)
+    if surface in ("current", "nolist"):
+        if surface == "current":
+            r.add_get("/v1/kms/secrets", list_current)
+        r.add_post("/v1/kms/secrets", write_current)
+        r.add_get("/v1/kms/secrets/{rest:.+}", read_current)
+        r.add_delete("/v1/kms/secrets/{rest:.+}", delete_current)
+    else:
+        r.add_get("/v1/kms/orgs/{org}/secrets", list_older)
+        r.add_post("/v1/kms/orgs/{org}/secrets", write_older)
+        r.add_get("/v1/kms/orgs/{org}/secrets/{rest:.+}", read_older)
+        r.add_patch("/v1/kms/orgs/{org}/secrets/{rest:.+}", patch_older)
+        r.add_delete("/v1/kms/orgs/{org}/secrets/{rest:.+}", delete_older)

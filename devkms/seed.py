@@ -93,6 +93,10 @@ class Identity:
     client_secret: str
     access: list[AccessRule] = field(default_factory=list)
     kubernetes: KubernetesAuth | None = None
+    token_ttl: float | None = None      # accessTokenTTL (s); None = the server's; 0 = never expires
+    token_max_ttl: float | None = None  # accessTokenMaxTTL (s); None = the server's; 0 = none
+    token_period: float | None = None   # periodic token: renew within each period, no max TTL
+    org: str | None = None              # canonical API: the org its token's `owner` claim names
 
 
 @dataclass
@@ -106,11 +110,16 @@ class SeedSecret:
     key: str
     value: str
     comment: str = ""
+    id: str | None = None          # optional: pin ids/versions/times to replay recorded bodies
+    version: int = 1
+    created_at: str | None = None
+    updated_at: str | None = None
 
 
 @dataclass
 class SeedFolder:
     path: str
+    id: str | None = None
     secrets: list[SeedSecret] = field(default_factory=list)
     imports: list[Import] = field(default_factory=list)
 
@@ -207,17 +216,36 @@ def _parse_identity(raw: Any, where: str) -> Identity:
         client_secret=_str(raw.get("clientSecret"), f"{where}.clientSecret"),
         access=[_parse_rule(r, f"{where}.access[{i}]") for i, r in enumerate(access)],
         kubernetes=k8s,
+        token_ttl=_seconds(raw.get("accessTokenTTL"), f"{where}.accessTokenTTL"),
+        token_max_ttl=_seconds(raw.get("accessTokenMaxTTL"), f"{where}.accessTokenMaxTTL"),
+        token_period=_seconds(raw.get("accessTokenPeriod"), f"{where}.accessTokenPeriod"),
+        org=_str(raw["org"], f"{where}.org") if raw.get("org") is not None else None,
     )
+
+
+def _seconds(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise SeedError(f"{where}: expected a number of seconds >= 0")
+    return float(value)
 
 
 def _parse_secret(key: Any, raw: Any, where: str) -> SeedSecret:
     key = _str(key, f"{where} key")
     if isinstance(raw, dict):
-        unknown = set(raw) - {"value", "comment"}
+        unknown = set(raw) - {"value", "comment", "id", "version", "createdAt", "updatedAt"}
         if unknown:
-            raise SeedError(f"{where}.{key}: unknown field(s) {sorted(unknown)}; accepted: value, comment")
+            raise SeedError(f"{where}.{key}: unknown field(s) {sorted(unknown)}; accepted: value, comment, id, version, "
+                            "createdAt, updatedAt")
+        version = raw.get("version", 1)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise SeedError(f"{where}.{key}.version: expected a whole number >= 1")
+        opt = {k: _str(raw[k], f"{where}.{key}.{k}") if raw.get(k) is not None else None
+               for k in ("id", "createdAt", "updatedAt")}
         return SeedSecret(key, _str(raw.get("value", ""), f"{where}.{key}.value", allow_empty=True),
-                          _str(raw.get("comment", ""), f"{where}.{key}.comment", allow_empty=True))
+                          _str(raw.get("comment", ""), f"{where}.{key}.comment", allow_empty=True),
+                          id=opt["id"], version=version, created_at=opt["createdAt"], updated_at=opt["updatedAt"])
     if raw is None:
         raw = ""
     return SeedSecret(key, _str(raw, f"{where}.{key}", allow_empty=True))
@@ -254,6 +282,7 @@ def _parse_project(slug: Any, raw: Any, where: str) -> SeedProject:
                 raise SeedError(f"{fwhere}.imports: expected a list of paths or {{environment, path}}")
             env.folders.append(SeedFolder(
                 path=_path(fpath, fwhere),
+                id=_str(fraw["id"], f"{fwhere}.id") if fraw.get("id") is not None else None,
                 secrets=[_parse_secret(k, v, f"{fwhere}.secrets") for k, v in _mapping(fraw.get("secrets"), f"{fwhere}.secrets").items()],
                 imports=[_parse_import(r, env.slug, f"{fwhere}.imports[{i}]") for i, r in enumerate(imports)],
             ))

@@ -8,7 +8,11 @@ one event loop, so no locks.
 from __future__ import annotations
 
 import asyncio
+import base64
 import fnmatch
+import hashlib
+import hmac
+import json
 import math
 import re
 import secrets as _secrets
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .profiles import Profile, get_profile
 from .seed import Identity, Import, Seed, SeedError, load_seed, normalize_path, stable_id
 
 EVENT_TYPES = ("secret:create", "secret:update", "secret:delete", "secret:import-mutation")
@@ -92,8 +97,9 @@ class Token:
     value: str
     identity: str  # identity name
     created: float  # monotonic: start of the max-TTL window
-    expires: float  # monotonic
-    revoked: bool = False
+    expires: float  # monotonic (math.inf: never, expiresIn 0)
+    revoked: bool = False  # real profiles: revoked, or deleted by the server (TTL passed)
+    jwt_exp: float | None = None  # real profiles: monotonic time of the JWT's own exp (the max TTL)
 
 
 @dataclass
@@ -127,6 +133,7 @@ class Subscriber:
     register: list[dict]  # [{"event": ..., "conditions": {"secretPath": glob, "environmentSlug": ...}}]
     queue: asyncio.Queue
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    upstream: bool = False  # upstream framing; secretPath is a prefix (startsWith), not a glob
 
     def wants(self, event: str, env: str, path: str) -> bool:
         for reg in self.register:
@@ -135,7 +142,8 @@ class Subscriber:
             cond = reg.get("conditions") or {}
             if cond.get("environmentSlug") not in (None, env):
                 continue
-            if cond.get("secretPath") is not None and not path_matches(cond["secretPath"], path):
+            want = cond.get("secretPath")
+            if want is not None and not (path.startswith(want) if self.upstream else path_matches(want, path)):
                 continue
             return True
         return False
@@ -180,17 +188,33 @@ class DevKms:
     """All dev KMS state. Build with DevKms(seed) where seed is a dict, a YAML path or a Seed."""
 
     def __init__(self, seed: "str | Path | dict | Seed", *, token_ttl: float = 7200, max_ttl: float = 2592000,
-                 rate_limit: float = 0, lockout_seconds: float = 30, lockout_attempts: int = 3,
-                 events: bool = True, max_event_streams: int = 10, k8s_public_key_pem: str | None = None,
-                 k8s_audience: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 rate_limit: float = 0, lockout_seconds: float | None = None, lockout_attempts: int = 3,
+                 events: bool = True, max_event_streams: int | None = None, k8s_public_key_pem: str | None = None,
+                 k8s_audience: str | None = None, clock: Callable[[], float] = time.monotonic,
+                 profile: "str | Profile" = "dev", lockout_window: float | None = None,
+                 events_on_plan: bool = True, events_permitted: bool = True, event_heartbeat: float = 15.0,
+                 event_max_seconds: float = 3600.0, event_auth_recheck: float = 60.0, list_cap: int = 10000) -> None:
         s = load_seed(seed)
+        self.profile = get_profile(profile, events=None if events else False)
         if token_ttl <= 0:
             raise SeedError("token_ttl must be > 0 seconds")
         if max_ttl < 0:
             raise SeedError("max_ttl must be >= 0 seconds (0 = no max TTL)")
         self.token_ttl, self.max_ttl = token_ttl, max_ttl
+        if lockout_seconds is None:
+            lockout_seconds = self.profile.lockout_seconds
         self.rate_limit, self.lockout_seconds, self.lockout_attempts = rate_limit, lockout_seconds, lockout_attempts
-        self.events_enabled, self.max_event_streams = events, max_event_streams
+        self.lockout_window = lockout_window if lockout_window is not None else self.profile.lockout_window
+        self.failure_times: dict[str, deque] = {}  # real lockout: failure times within the window
+        self.events_enabled = events and self.profile.events != "absent"
+        if max_event_streams is None:
+            max_event_streams = 5 if self.profile.events == "upstream" else 10
+        self.max_event_streams = max_event_streams
+        # upstream events switches (tests): plan gate (400), permission (403), heartbeat, one-hour close, auth re-check
+        self.events_on_plan, self.events_permitted = events_on_plan, events_permitted
+        self.event_heartbeat, self.event_max_seconds, self.event_auth_recheck = event_heartbeat, event_max_seconds, event_auth_recheck
+        self.list_cap = list_cap  # canonical-older: rows per list before `truncated`
+        self._jwt_key = _secrets.token_bytes(32)
         self.k8s_public_key_pem = k8s_public_key_pem or s.k8s_public_key_pem
         self.k8s_audience = k8s_audience or s.k8s_audience
         self.clock = clock
@@ -212,9 +236,16 @@ class DevKms:
                 for sf in se.folders:
                     folder = self._ensure_folder(p, env, sf.path)
                     folder.imports.extend(sf.imports)
+                    if sf.id:
+                        folder.id = sf.id
                     for ss in sf.secrets:
-                        folder.secrets[ss.key] = Secret(stable_id("secret", sp.id, se.slug, sf.path, ss.key),
-                                                        ss.key, ss.value, ss.comment)
+                        sec = Secret(ss.id or stable_id("secret", sp.id, se.slug, sf.path, ss.key), ss.key, ss.value,
+                                     ss.comment, ss.version)
+                        if ss.created_at:
+                            sec.created_at = sec.updated_at = ss.created_at
+                        if ss.updated_at:
+                            sec.updated_at = ss.updated_at
+                        folder.secrets[ss.key] = sec
             if p.slug in self.projects:
                 raise SeedError(f"projects: duplicate slug {p.slug!r}")
             self.projects[p.slug] = p
@@ -359,6 +390,143 @@ class DevKms:
                 tok.expires = now - 1
                 n += 1
         return n
+
+    # ---- auth as the real servers do it (profiles other than dev) -----------------------------
+
+    def ttls(self, ident: Identity) -> tuple[float, float, bool]:
+        """(ttl, max_ttl, periodic) of an identity's tokens: its own settings, else the server's."""
+        if ident.token_period:
+            return ident.token_period, 0.0, True
+        ttl = self.token_ttl if ident.token_ttl is None else ident.token_ttl
+        return ttl, self.max_ttl if ident.token_max_ttl is None else ident.token_max_ttl, False
+
+    def _jwt(self, claims: dict) -> str:
+        def b64(raw: bytes) -> str:
+            return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+        head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+        body = b64(json.dumps(claims, separators=(",", ":")).encode())
+        sig = hmac.new(self._jwt_key, f"{head}.{body}".encode(), hashlib.sha256).digest()
+        return f"{head}.{body}.{b64(sig)}"
+
+    def _jwt_ok(self, token: str) -> bool:
+        parts = token.split(".")
+        if len(parts) != 3:
+            return False
+        want = hmac.new(self._jwt_key, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).digest()
+        try:
+            got = base64.urlsafe_b64decode(parts[2] + "=" * (-len(parts[2]) % 4))
+        except (ValueError, TypeError):
+            return False
+        return hmac.compare_digest(want, got)
+
+    def org_of(self, ident: Identity) -> str:
+        """Canonical API: the org an identity's token names (`owner`): its seed `org`, else the
+        first project its access rules name, else the first project."""
+        if ident.org:
+            return ident.org
+        for rule in ident.access:
+            if rule.project != "*":
+                return self.project(rule.project).slug if self._has_project(rule.project) else rule.project
+        return next(iter(self.projects), "")
+
+    def _has_project(self, ref: str) -> bool:
+        return ref in self.projects or any(p.id == ref for p in self.projects.values())
+
+    def issue_real(self, ident: Identity, *, canonical: bool = False) -> dict:
+        now, wall = self.clock(), int(time.time())
+        ttl, max_ttl, periodic = self.ttls(ident)
+        if canonical:
+            claims = {"owner": self.org_of(ident), "name": ident.name, "sub": ident.id, "iat": wall}
+            if ttl:
+                claims["exp"] = wall + int(math.ceil(ttl))
+        else:
+            claims = {"identityId": ident.id, "identityAccessTokenId": str(uuid.uuid4()),
+                      "authTokenType": "identityAccessToken", "iat": wall}
+            if max_ttl:
+                claims["exp"] = wall + int(math.ceil(max_ttl))
+        tok = Token(self._jwt(claims), ident.name, now, now + ttl if ttl else math.inf,
+                    jwt_exp=now + max_ttl if (max_ttl and not canonical) else None)
+        self.tokens[tok.value] = tok
+        if canonical:
+            return {"accessToken": tok.value, "expiresIn": _secs(ttl), "tokenType": "Bearer"}
+        return {"accessToken": tok.value, "expiresIn": _secs(ttl),
+                "accessTokenMaxTTL": 1000000000 if periodic else _secs(max_ttl), "tokenType": "Bearer"}
+
+    def login_real(self, client_id: str, client_secret: str) -> tuple[Identity, dict]:
+        """Universal auth as the Infisical servers answer it: unknown clientId 404, wrong secret 401
+        "Invalid credentials", and (where the profile has it) the lockout of newer servers."""
+        ident = next((i for i in self.identities.values() if i.client_id == client_id), None)
+        if ident is None:
+            raise KmsError(404, "NotFound", "No identity with specified client ID was found")
+        now = self.clock()
+        if self.profile.lockout:
+            until = self.locked_until.get(ident.name)
+            if until is not None and until > now:
+                err = KmsError(401, "UnauthorizedError", "This identity auth method is temporarily locked, please try again later")
+                err.identity = ident.name  # type: ignore[attr-defined]
+                raise err
+            self.locked_until.pop(ident.name, None)
+        if not _secrets.compare_digest(ident.client_secret.encode(), client_secret.encode()):
+            if self.profile.lockout:
+                times = self.failure_times.setdefault(ident.name, deque())
+                times.append(now)
+                window = self.lockout_window or math.inf
+                while times and times[0] <= now - window:
+                    times.popleft()
+                if len(times) >= self.lockout_attempts:
+                    times.clear()
+                    self.locked_until[ident.name] = now + self.lockout_seconds
+            err = KmsError(401, "UnauthorizedError", "Invalid credentials")
+            err.identity = ident.name  # type: ignore[attr-defined]
+            raise err
+        self.failure_times.pop(ident.name, None)
+        return ident, self.issue_real(ident)
+
+    def token_real(self, bearer: str | None) -> Token:
+        """A live token, or the error the recorded server gives: 401 Token missing, 403 TokenError
+        (malformed / JWT expired), 401 "No identity access token found" (revoked or deleted), 401
+        TTL expiration (and the server deletes the token)."""
+        if not bearer:
+            raise KmsError(401, "UnauthorizedError", "Token missing")
+        if not self._jwt_ok(bearer):
+            raise KmsError(403, "TokenError", "The provided access token is malformed. Please use a valid token or "
+                                              "generate a new one and try again.")
+        tok = self.tokens.get(bearer)
+        now = self.clock()
+        if tok is not None and tok.jwt_exp is not None and now >= tok.jwt_exp:
+            raise KmsError(403, "TokenError", "Your token has expired. Please re-authenticate.")
+        if tok is None or tok.revoked or tok.identity not in self.identities:
+            raise KmsError(401, "UnauthorizedError", "No identity access token found")
+        if now >= tok.expires:
+            tok.revoked = True
+            raise KmsError(401, "UnauthorizedError", "Failed to renew MI access token due to TTL expiration")
+        return tok
+
+    def authenticate_real(self, bearer: str | None) -> Identity:
+        return self.identities[self.token_real(bearer).identity]
+
+    def renew_real(self, value: str) -> tuple[Identity, dict]:
+        tok = self.token_real(value)
+        ident = self.identities[tok.identity]
+        ttl, max_ttl, periodic = self.ttls(ident)
+        now = self.clock()
+        if max_ttl:
+            end = tok.created + max_ttl
+            if now > end:
+                tok.revoked = True
+                raise KmsError(401, "UnauthorizedError", "Failed to renew MI access token due to Max TTL expiration")
+            if now + ttl > end:
+                tok.revoked = True
+                raise KmsError(401, "UnauthorizedError", "Failed to renew MI access token past its Max TTL expiration")
+        tok.expires = now + ttl if ttl else math.inf
+        return ident, {"accessToken": tok.value, "expiresIn": _secs(ttl),
+                       "accessTokenMaxTTL": 1000000000 if periodic else _secs(max_ttl), "tokenType": "Bearer"}
+
+    def revoke_real(self, value: str) -> Identity:
+        tok = self.token_real(value)
+        tok.revoked = True
+        return self.identities[tok.identity]
 
     # ---- rate limit --------------------------------------------------------------------------
 
@@ -565,10 +733,14 @@ class DevKms:
             return
         msg = {"projectType": "secret-manager",
                "data": {"eventType": event, "payload": [{"environment": env, "secretPath": path, "secretKey": key}]}}
+        # upstream: {"type", "data": {"eventType", "payload"}}; an import mutation's payload is an object
+        payload: Any = ({"environment": env, "secretPath": path} if event == "secret:import-mutation"
+                        else [{"environment": env, "secretPath": path, "secretKeys": key}])
+        upstream = {"type": "secret-manager", "data": {"eventType": event, "payload": payload}}
         for sub in list(self.subscribers):
             if sub.project_id == project.id and sub.wants(event, env, path):
                 try:
-                    sub.queue.put_nowait(msg)
+                    sub.queue.put_nowait((event, upstream) if sub.upstream else msg)
                 except asyncio.QueueFull:  # a stuck reader loses events, not the server
                     pass
 
