@@ -91,11 +91,11 @@ class KmsClient:
         self.expand_references = expand_references
         self.allow_empty = allow_empty
         self.organization_slug = organization_slug
+        self._canonical: Any = None
         self.tokens = self._token_manager(self.api or "infisical")
         self.requests = 0  # secrets requests sent (for metrics and tests)
         self._project_ids: dict[str, str] = {}
         self._detect_lock = asyncio.Lock()
-        self._canonical: Any = None
         self._warned: set[tuple[str, str, str]] = set()
 
     def _make_http(self, base_url: str) -> HttpClient:
