@@ -306,3 +306,64 @@ async def test_a_malformed_entry_is_skipped_by_name_and_the_rest_delivered(tmp_p
     assert logins and all(b.get("organizationSlug") == "hanzo" for b in logins)
     assert_no_leaks({"init": init.stderr()}, {"v1": "VALUE-nameless", "v2": "123456789", "v3": "VALUE-badversion",
                                                "token": "tok-malformed-1", "client secret": CLIENT_SECRET})
+
+
+# -- Retry-After on any status; canonical expiresIn 0 ---------------------------------------------
+
+async def test_retry_after_is_honoured_on_a_500_as_older_servers_rate_limit(tmp_path: Path) -> None:
+    import time
+
+    async with run_dev_kms(seed(), profile="infisical-recorded") as kms:
+        write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
+        kms.state.add_fault(Fault(status=500, count=1, path="/v3/secrets", retry_after=3))
+        t0 = time.monotonic()
+        init = spawn(agent_args(kms.base_url, tmp_path / "s", tmp_path / "auth", mode="init"), tmp_path, "init")
+        assert await init.wait_exit() == 0, init.stderr()[-3000:]
+        # Init's own backoff would retry within ~0.5 s; the server asked for 3 s (a lower bound: load only adds).
+        assert time.monotonic() - t0 >= 3.0
+        assert kms.stats()["routes"]["GET /v3/secrets/raw"] == 2
+        assert "status=500" in init.events("sync_failing")[0]["error"]
+
+
+async def test_canonical_expires_in_zero_means_one_hour_then_a_fresh_login(tmp_path: Path) -> None:
+    import base64
+    import io
+
+    from injector.kms.auth import UniversalAuthFiles
+    from injector.kms.client import KmsClient
+    from injector.log import Logger
+
+    claims = base64.urlsafe_b64encode(json.dumps({"owner": "hanzo"}).encode()).rstrip(b"=").decode()
+    token = f"eyJhbGciOiJub25lIn0.{claims}.sig"
+    seen: list[str] = []
+
+    async def login(request: web.Request) -> web.Response:
+        return web.json_response({"accessToken": token, "expiresIn": 0, "tokenType": "Bearer"})
+
+    async def names(request: web.Request) -> web.Response:
+        return web.json_response({"names": ["K"], "secrets": [{"name": "K", "path": "app", "env": "prod"}], "total": 1})
+
+    async def value(request: web.Request) -> web.Response:
+        seen.append(request.headers["Authorization"])
+        return web.json_response({"env": "prod", "name": "K", "value": "VALUE-k-canon"})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/v1/kms/auth/login", login)
+    app.router.add_get("/v1/kms/secrets", names)
+    app.router.add_get("/v1/kms/secrets/app/K", value)
+    runner, port = await serve_app(app)
+    try:
+        write_credentials(tmp_path, CLIENT_ID, CLIENT_SECRET)
+        out = io.StringIO()
+        async with KmsClient(f"http://127.0.0.1:{port}/api/", UniversalAuthFiles(str(tmp_path)), api="auto",
+                             logger=Logger("t", out)) as c:
+            assert (await c.fetch(PROJECT, ENV, "/app")).secrets == {"K": "VALUE-k-canon"}
+        logins = [json.loads(x) for x in out.getvalue().splitlines() if '"kms_login"' in x]
+        assert [x["expires_in"] for x in logins] == [3600.0]  # not "never": the IAM token's life is unknown
+        assert seen == [f"Bearer {token}"]
+    finally:
+        await runner.cleanup()
