@@ -367,3 +367,25 @@ async def test_canonical_expires_in_zero_means_one_hour_then_a_fresh_login(tmp_p
         assert seen == [f"Bearer {token}"]
     finally:
         await runner.cleanup()
+
+
+async def test_a_truncated_older_listing_fails_closed_and_keys_filter_on_the_infisical_api(tmp_path: Path) -> None:
+    import pytest
+
+    from injector.kms.auth import UniversalAuthFiles
+    from injector.kms.client import KmsClient
+    from injector.kms.errors import ListUnavailable, NotFound
+
+    write_credentials(tmp_path, CLIENT_ID, CLIENT_SECRET)
+    async with run_dev_kms(seed(), profile="canonical-older", list_cap=2) as kms:
+        async with KmsClient(kms.base_url, UniversalAuthFiles(str(tmp_path)), api="canonical") as c:
+            with pytest.raises(ListUnavailable) as info:  # 3 keys, a cap of 2: a cut listing never deletes a key
+                await c.fetch(PROJECT, ENV, "/chat")
+            assert "cut at 2 rows" in str(info.value) and "kms.hanzo.ai/keys" in str(info.value)
+            assert (await c.fetch(PROJECT, ENV, "/chat", keys=tuple(CHAT))).secrets == CHAT  # named keys: no listing
+    async with run_dev_kms(seed(), profile="hanzo-node") as kms:
+        async with KmsClient(kms.base_url, UniversalAuthFiles(str(tmp_path))) as c:
+            assert (await c.fetch(PROJECT, ENV, "/chat", keys=("API_KEY",))).secrets == {"API_KEY": CHAT["API_KEY"]}
+            with pytest.raises(NotFound) as missing:
+                await c.fetch(PROJECT, ENV, "/chat", keys=("API_KEY", "NO_SUCH_KEY"))
+            assert "NO_SUCH_KEY" in str(missing.value) and "path=/chat" in str(missing.value)

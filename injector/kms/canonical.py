@@ -389,6 +389,10 @@ def _older_entries(data: Any, path: str, where: dict[str, Any]) -> list[_Entry]:
     """The folder's own names and versions from an older-surface listing (recursive, by prefix)."""
     if not isinstance(data, dict) or not isinstance(data.get("secrets"), list):
         raise BadResponse("field secrets is missing or not a list", status=200, **where)
+    if data.get("truncated") is True:
+        # Keys missing from a cut listing would be deleted from the mount: refuse, keep the files.
+        raise ListUnavailable(f"the listing was cut at {len(data['secrets'])} rows (the server's cap); name the keys "
+                              f"in the annotation {KEYS_ANNOTATION} (comma list)", status=200, **where)
     want = "/" + sub_path(path)
     out = []
     for item in data["secrets"]:
