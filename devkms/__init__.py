@@ -4,18 +4,22 @@ In-process use (tests, demo)::
 
     from devkms import run_dev_kms, tiny_seed
     async with run_dev_kms(seed=tiny_seed(), token_ttl=2, max_ttl=5) as kms:
-        kms.base_url            # "http://127.0.0.1:PORT/api"
+        kms.base_url            # "http://127.0.0.1:PORT/api"  (kms.root_url: without /api)
         kms.set_secret("test-proj", "prod", "/app", "API_KEY", "v2")
         await kms.stop(); await kms.start()   # outage on the same port
+
+`profile=` (or `--profile`) models one real server: dev (default), infisical-recorded, hanzo-node,
+infisical-events, canonical, canonical-older, canonical-nolist (profiles.py, docs/dev-server.md).
 
 Test hooks (/api/_dev/...) are documented in devkms/api.py and docs/dev-server.md.
 """
 
 from .api import build_app
 from .audit import AuditLog
+from .profiles import PROFILES, Profile, get_profile
 from .seed import Seed, SeedError, load_seed, parse_seed, tiny_seed
 from .server import DevKmsServer, run_dev_kms
 from .state import DevKms, Fault, KmsError
 
-__all__ = ["AuditLog", "DevKms", "DevKmsServer", "Fault", "KmsError", "Seed", "SeedError", "build_app",
-           "load_seed", "parse_seed", "run_dev_kms", "tiny_seed"]
+__all__ = ["AuditLog", "DevKms", "DevKmsServer", "Fault", "KmsError", "PROFILES", "Profile", "Seed", "SeedError",
+           "build_app", "get_profile", "load_seed", "parse_seed", "run_dev_kms", "tiny_seed"]

@@ -36,6 +36,10 @@ DEFAULT_SEED = ROOT / "examples" / "dev-kms.yaml"
 APP = ROOT / "examples" / "app.py"
 APP_NAME = "kms-demo-app"
 REFRESH = "5s"
+# The dev KMS profile closest to what the platform runs: Hanzo's Infisical fork behind
+# http://kms.hanzo.svc.cluster.local/api (reference/kms-service-integration.txt). Its events route
+# refuses the upstream body (422), so the sidecar delivers the rotation by its refresh.
+PROFILE = "hanzo-node"
 WAIT = 30.0  # generous deadlines: the demo also runs on a busy CI machine
 
 
@@ -229,10 +233,11 @@ def step_dev_kms(demo: Demo) -> None:
     (demo.auth_dir / "clientId").write_text(choice["reader"][0])
     (demo.auth_dir / "clientSecret").write_text(choice["reader"][1])
     os.chmod(demo.auth_dir / "clientSecret", 0o600)
-    dev = demo.spawn("dev KMS", [sys.executable, "-m", "injector", "dev-server", "--seed", str(demo.seed), "--port", "0"],
+    dev = demo.spawn("dev KMS", [sys.executable, "-m", "injector", "dev-server", "--seed", str(demo.seed), "--port", "0",
+                                      "--profile", PROFILE],
                      stderr_to=demo.workdir / "dev-kms.log")
     demo.base_url = dev.wait_line(r"^https?://").strip()
-    demo.say(f"[1] dev KMS listening on {demo.base_url} (seed {_rel(demo.seed)})")
+    demo.say(f"[1] dev KMS listening on {demo.base_url} (seed {_rel(demo.seed)}, profile {PROFILE})")
     demo.say(f"    machine identity credentials written to {_rel(demo.auth_dir)}/clientId, clientSecret")
 
 
@@ -261,7 +266,7 @@ def step_sidecar(demo: Demo) -> None:
     demo.sidecar = demo.spawn("sidecar agent", demo.agent_argv("sidecar"), stdout_to=demo.workdir / "agent-sidecar.out", stderr_to=log)
     _wait_log(log, '"event":"first_sync"', demo.sidecar)
     changed = '"changed":true' in _find_log(log, '"event":"first_sync"')
-    demo.say(f"[4] agent --mode sidecar: KMS change events + a safety-net refresh every {REFRESH}, "
+    demo.say(f"[4] agent --mode sidecar: KMS change events where the server serves them, else a refresh every {REFRESH}, "
              f"SIGHUP to {APP_NAME} after a change; "
              f"first sync {'changed files' if changed else 'found the same content: no write, no signal'}")
 

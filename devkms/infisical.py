@@ -147,16 +147,21 @@ def require(state: DevKms, ident: Identity, action: str, project: Project, env: 
         raise KmsError(403, "PermissionDenied", f"You are not allowed to {action} on secrets")
 
 
-def read_query(request: web.Request) -> tuple[Project, str, str, dict[str, bool]]:
+def read_query(request: web.Request, v4: bool = False) -> tuple[Project, str, str, dict[str, bool]]:
+    """v3 (`workspaceSlug`/`workspaceId`, include_imports and expandSecretReferences default false)
+    or v4 (`projectId` only, includeImports and expandSecretReferences default true)."""
     state = kms(request)
     q = request.query
-    names = ["recursive", "include_imports", "expandSecretReferences"]
+    names = ["recursive", "includeImports" if v4 else "include_imports", "expandSecretReferences"]
     if state.profile.infisical == "newer":
         names.append("viewSecretValue")
     issues = enum_query(q, names)
+    if v4 and not q.get("projectId"):
+        issues.insert(0, type_issue(["projectId"], "string", MISSING))
     if issues:
         raise invalid(request, issues)
-    workspace_id, slug, env = q.get("workspaceId"), q.get("workspaceSlug"), q.get("environment")
+    workspace_id, slug, env = (q.get("projectId"), None, q.get("environment")) if v4 else \
+        (q.get("workspaceId"), q.get("workspaceSlug"), q.get("environment"))
     if not (workspace_id or slug) or not env:
         raise KmsError(400, "BadRequest", "Missing workspace id or environment")
     path = q.get("secretPath") or "/"
@@ -164,9 +169,11 @@ def read_query(request: web.Request) -> tuple[Project, str, str, dict[str, bool]
         path = _api().parse_path(path, "secretPath")
     except KmsError as exc:  # the real servers refuse such a path in validation
         raise invalid(request, [{"code": "custom", "message": exc.message, "path": ["secretPath"]}]) from None
-    flags = {n: q.get(n) == "true" for n in names}
-    if "viewSecretValue" not in flags or "viewSecretValue" not in q:
-        flags["viewSecretValue"] = True
+    defaults = {"includeImports": v4, "expandSecretReferences": v4, "viewSecretValue": True}
+    flags = {n: q[n] == "true" if n in q else defaults.get(n, False) for n in names}
+    flags.setdefault("viewSecretValue", True)
+    if v4:
+        flags["include_imports"] = flags.pop("includeImports")
     return project_for_read(state, workspace_id, slug), env, path, flags
 
 
@@ -241,10 +248,11 @@ async def k8s_login(request: web.Request) -> web.Response:
 
 async def list_secrets(request: web.Request) -> web.Response:
     api = _api()
+    v4 = request.path.startswith("/api/v4/")
 
     async def run() -> web.Response:
         ident = authenticate(request)
-        project, env_slug, path, flags = read_query(request)
+        project, env_slug, path, flags = read_query(request, v4)
         request[api.LOCATION] = (project.slug, env_slug, path)
         state = kms(request)
         require(state, ident, "read", project, env_slug, path)
@@ -526,6 +534,8 @@ def add_routes(app: web.Application, events: str) -> None:
     r.add_post("/api/v1/auth/kubernetes-auth/login", k8s_login)
     r.add_get("/api/v3/secrets/raw", list_secrets)
     r.add_get("/api/v3/secrets/raw/{name}", get_secret)
+    if app[_api().PROFILE].infisical == "newer":  # newer servers: v4 (projectId; imports and references on by default)
+        r.add_get("/api/v4/secrets", list_secrets)
     r.add_post("/api/v3/secrets/raw/{name}", create_secret)
     r.add_patch("/api/v3/secrets/raw/{name}", update_secret)
     r.add_delete("/api/v3/secrets/raw/{name}", delete_secret)

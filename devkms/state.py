@@ -443,10 +443,10 @@ class DevKms:
         else:
             claims = {"identityId": ident.id, "identityAccessTokenId": str(uuid.uuid4()),
                       "authTokenType": "identityAccessToken", "iat": wall}
-            if max_ttl:
+            if max_ttl and ttl:  # expiresIn 0: a JWT without exp, never expires
                 claims["exp"] = wall + int(math.ceil(max_ttl))
         tok = Token(self._jwt(claims), ident.name, now, now + ttl if ttl else math.inf,
-                    jwt_exp=now + max_ttl if (max_ttl and not canonical) else None)
+                    jwt_exp=now + max_ttl if (max_ttl and ttl and not canonical) else None)
         self.tokens[tok.value] = tok
         if canonical:
             return {"accessToken": tok.value, "expiresIn": _secs(ttl), "tokenType": "Bearer"}

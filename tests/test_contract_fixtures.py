@@ -350,9 +350,10 @@ async def test_recorded_exchange(name: str, rsa_keys) -> None:
         assert raw == b"", name
     else:
         got = json.loads(raw)
-        diffs = shape_diff(want["body"], got, masked=frozenset(replay.masked))
+        masked = frozenset(replay.masked) if want["status"] == 200 else frozenset()  # errors carry no fresh ids
+        diffs = shape_diff(want["body"], got, masked=masked)
         assert not diffs, (name, diffs[:10])
-        if not replay.masked and "<token>" not in json.dumps(want["body"]):
+        if not masked and "<token>" not in json.dumps(want["body"]):
             # deterministic: byte for byte the recorded body, so the ETag (a hash of it) is the recorded one
             assert raw == json.dumps(want["body"], separators=(",", ":"), ensure_ascii=False).encode(), name
             assert got_headers["ETag"] == want["headers"]["ETag"], name
