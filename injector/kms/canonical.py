@@ -267,7 +267,8 @@ class CanonicalBackend:
                 raise BadResponse(f"field {field_name} of key {name[:100]!r} is missing or not a string", status=200, **w)
             self._settle(surface)
             return version, value
-        raise NotFound("neither canonical surface has a read route for secrets", **w)
+        # Not NotFound: that would read as "this key is missing"; it is the server that lacks the route.
+        raise KmsError("neither canonical surface has a read route for secrets (404/405 on both)", **w)
 
     # -- one folder ---------------------------------------------------------------------------
     async def fetch(self, project: str, env: str, path: str, *, etag: str | None = None,
@@ -283,7 +284,7 @@ class CanonicalBackend:
                                    **dict(where, op="get-secret")) from None
         if not listed and not self.client.allow_empty:
             raise EmptyFolder("KMS lists no secrets here; check the path and env (kms.hanzo.ai/path, "
-                              "kms.hanzo.ai/env), or set kms.hanzo.ai/allow-empty: \"true\"", **where)
+                              "kms.hanzo.ai/env), or set kms.hanzo.ai/allow-empty: \"true\"", status=200, **where)
         computed = local_etag(secrets)
         if etag == computed:
             return FetchResult(True, {}, computed)
