@@ -69,3 +69,20 @@ async def test_events_not_available_polling_delivers(tmp_path: Path, profile: st
             assert not agent.events("events_disconnected")
         finally:
             agent.stop()
+
+
+async def test_the_servers_stream_close_is_followed_by_a_reconnect_and_events_flow(tmp_path: Path) -> None:
+    # The real server closes each stream after an hour; here after 2 s (event_max_seconds).
+    async with run_dev_kms(seed(), profile="infisical-events", event_heartbeat=0.5, event_max_seconds=2) as kms:
+        mount = tmp_path / "secrets"
+        write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
+        agent = spawn(agent_args(kms.base_url, mount, tmp_path / "auth", "--refresh-interval", LONG), tmp_path, "sidecar")
+        try:
+            await wait_for(lambda: len(agent.events("events_connected")) >= 1, what="connected")
+            await wait_for(lambda: kms.stats()["routes"].get(SUBSCRIBE, 0) >= 2, timeout=30, what="two closed streams")
+            await wait_for(lambda: kms.stats()["eventStreams"].get(IDENTITY) == 1, timeout=30, what="a stream open again")
+            kms.set_secret(PROJECT, ENV, "/chat", "API_KEY", "VALUE-after-close")
+            await wait_for(lambda: (mount / "API_KEY").read_text() == "VALUE-after-close", timeout=30, what="the change, after reconnects (event or the reconnect resync)")
+            assert not agent.events("events_unsupported")
+        finally:
+            agent.stop()
