@@ -18,6 +18,14 @@ The dev KMS runs in this process (real HTTP on 127.0.0.1); the agents are real s
     python bench/events_bench.py [--rotations 200] [--agents 10] [--idle-seconds 180] [--no-write]
 
 Results are printed and written into bench/README.md under "## Events" (only that section).
+
+    python bench/events_bench.py --refusals [--refusal-seconds 60] [--no-write]
+
+measures what a server that refuses events costs (section "## Events refused"): real agents
+against the dev KMS profiles of Hanzo's fork (422), the recorded upstream (404) and a newer
+upstream without the plan (400), counting subscribe requests; and the subscriber itself on a
+short clock (every wait of SubscribePolicy / 1800, so 20 s stand for 10 hours) against a server
+that refuses with 422, with 503 and with 401, counting attempts per (scaled) hour.
 """
 
 from __future__ import annotations
@@ -240,10 +248,10 @@ def section(res: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, heading: str = "## Events\n") -> None:
     readme = ROOT / "bench" / "README.md"
     body = readme.read_text() if readme.exists() else "# Benchmarks\n"
-    start = body.find("## Events\n")
+    start = body.find(heading)
     if start == -1:
         body = body.rstrip("\n") + "\n\n" + text
     else:
@@ -252,14 +260,117 @@ def write_section(text: str) -> None:
     readme.write_text(body if body.endswith("\n") else body + "\n")
 
 
+async def refusals(args: argparse.Namespace) -> dict:
+    from aiohttp import web
+
+    from devkms import run_dev_kms
+    from injector.kms.auth import UniversalAuthFiles
+    from injector.kms.client import KmsClient
+    from injector.kms.events import EventSubscriber, SubscribePolicy
+
+    out: dict = {"agents": {}, "scaled": {}, "policy_bound_per_hour": SubscribePolicy().attempts_per_hour()}
+    for profile, options in (("hanzo-node", {}), ("infisical-recorded", {}), ("infisical-events", {"events_on_plan": False})):
+        name = f"refused-{profile}"
+        async with run_dev_kms(seed=seed([name]), profile=profile, **options) as kms:
+            agent = Agent(name, kms.base_url, 5, True)
+            try:
+                await until(lambda: agent.logged("events_unsupported"), 60, f"{profile}: events refused", 0.05)
+                t0 = time.monotonic()
+                await asyncio.sleep(args.refusal_seconds)  # the measurement window
+                window = time.monotonic() - t0
+                routes = kms.stats()["routes"]
+                subs = routes.get("POST /v1/events/subscribe/project-events", 0) + routes.get("POST unmatched", 0)
+                polls = kms.stats()["identityRoutes"].get(name, {}).get("GET /v3/secrets/raw", 0)
+                out["agents"][profile] = {"window_s": round(window, 1), "subscribes": subs, "polls": polls}
+                print(profile, out["agents"][profile], flush=True)
+            finally:
+                agent.stop()
+
+    scale = 1 / 1800
+    policy = SubscribePolicy(unavailable_retry=900 * scale, rate_limited_floor=300 * scale, backoff_base=0.5 * scale,
+                             backoff_cap=30 * scale, project_id_wait=0.01)
+    for status in (422, 503, 429, 401):
+        count = {"n": 0}
+
+        async def login(request: web.Request) -> web.Response:
+            return web.json_response({"accessToken": "bench-token", "expiresIn": 3600, "accessTokenMaxTTL": 7200})
+
+        async def secrets(request: web.Request) -> web.Response:
+            return web.json_response({"secrets": [{"secretKey": "K", "secretValue": "v", "workspace": "pid-1"}], "imports": []})
+
+        async def subscribe(request: web.Request, status: int = status) -> web.Response:
+            count["n"] += 1
+            return web.json_response({"statusCode": status, "message": "refused"}, status=status,
+                                     headers={})  # no Retry-After: the policy floor alone
+
+        app = web.Application()
+        app.router.add_post("/api/v1/auth/universal-auth/login", login)
+        app.router.add_get("/api/v3/secrets/raw", secrets)
+        app.router.add_post("/api/v1/events/subscribe/project-events", subscribe)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        creds = OUT / "scaled-auth"
+        creds.mkdir(parents=True, exist_ok=True)
+        (creds / "clientId").write_text("bench-id")
+        (creds / "clientSecret").write_text("bench-secret-0123456789")
+        try:
+            async with KmsClient(f"http://127.0.0.1:{port}/api", UniversalAuthFiles(str(creds))) as client:
+                await client.fetch(PROJECT, ENV, "/x")
+                sub = EventSubscriber(client, PROJECT, ENV, ["/x"], policy=policy)
+                task = asyncio.create_task(sub.run(lambda ev: None))
+                window = 20.0
+                await asyncio.sleep(window)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            hours = window / scale / 3600
+            out["scaled"][status] = {"scaled_hours": round(hours, 1), "attempts": count["n"],
+                                     "per_hour": round(count["n"] / hours, 1)}
+            print(status, out["scaled"][status], flush=True)
+        finally:
+            await runner.cleanup()
+    return out
+
+
+def refusal_section(res: dict) -> str:
+    lines = ["## Events refused", "",
+             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `python bench/events_bench.py --refusals`.", "",
+             "Real agents (refresh 5 s) against dev KMS profiles whose events are not available:", "",
+             "| profile | refusal | window | subscribe requests | polls |", "|---|---|---|---|---|"]
+    why = {"hanzo-node": "422 (stub schema)", "infisical-recorded": "404 (no route)", "infisical-events": "400 (not on the plan)"}
+    for profile, d in res["agents"].items():
+        lines.append(f"| {profile} | {why[profile]} | {d['window_s']:g} s | {d['subscribes']} | {d['polls']} |")
+    lines += ["", "The subscriber on a short clock (SubscribePolicy's waits / 1800; 20 s = 10 h) against a server "
+              "that always refuses:", "", "| refusal | scaled hours | attempts | per hour |", "|---|---|---|---|"]
+    for status, d in res["scaled"].items():
+        lines.append(f"| {status} | {d['scaled_hours']} | {d['attempts']} | {d['per_hour']} |")
+    lines += ["", f"Bound from the policy (SubscribePolicy.attempts_per_hour): at most {res['policy_bound_per_hour']:g} "
+              "subscribe requests per hour per agent, worst case (5xx, 401, 429); a 4xx refusal costs one request "
+              "every 12-18 minutes (<= 5 per hour). Before this policy, every refusal was retried within 30 s "
+              "(>= 120 per hour, forever).", ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rotations", type=int, default=200)
     p.add_argument("--agents", type=int, default=10, help="polling agents measured side by side")
     p.add_argument("--idle-seconds", type=float, default=180.0)
     p.add_argument("--no-write", action="store_true", help="print only; leave bench/README.md alone")
+    p.add_argument("--refusals", action="store_true", help="measure refused events only (section 'Events refused')")
+    p.add_argument("--refusal-seconds", type=float, default=60.0)
     args = p.parse_args(argv if argv is not None else sys.argv[1:])
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.refusals:
+        res = asyncio.run(refusals(args))
+        (OUT / "refusals.json").write_text(json.dumps(res, indent=2))
+        text = refusal_section(res)
+        print(text)
+        if not args.no_write:
+            write_section(text, "## Events refused\n")
+        return 0
 
     def on_term(*_: object) -> None:  # SIGTERM: unwind like Ctrl-C, so the agents are stopped
         raise KeyboardInterrupt

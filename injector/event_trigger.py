@@ -10,9 +10,12 @@ fetches, not 50.
 An event that arrives while a fetch runs is not lost: the agent's wake flag is cleared when a
 sync starts, so a wake during the fetch makes the loop fetch again right after it.
 
-Polling at refresh_interval goes on regardless (the safety net); a server without events (404),
-a canonical-API KMS, or `events: false` (annotation `kms.hanzo.ai/events: "false"`) means polling
-only. Stdlib only.
+Polling at refresh_interval goes on regardless (the safety net). A server whose events are not
+available (no route, not on the plan, no permission, Hanzo's stub route answering 422, repeated
+5xx) is told once in the log and probed again only every ~15 minutes; 429 waits at least 5
+minutes (injector.kms.events.SubscribePolicy: at most 15 subscribe requests an hour against a
+server that always refuses). A canonical-API KMS or `events: false` (annotation
+`kms.hanzo.ai/events: "false"`) means polling only, with no subscribe at all. Stdlib only.
 """
 
 from __future__ import annotations
@@ -99,7 +102,8 @@ def subscriber_metrics(sub: Any, wakeups: list[int], debouncer: "Debouncer | Non
 
 
 async def event_trigger(agent: "TriggerHost") -> None:
-    """Agent trigger: subscribe, debounce, wake. Returns when events are off or unsupported."""
+    """Agent trigger: subscribe, debounce, wake. Returns at once when events are off or the API
+    has none (canonical); otherwise runs for the agent's life (refusals only make it wait)."""
     cfg = agent.config
     if not cfg.events:
         agent.log.info("events_disabled", action="polling only", refresh_interval=cfg.refresh_interval)

@@ -1,6 +1,7 @@
-"""The canonical KMS API backend end to end: `kms-injector dev-server --api canonical` as a real
-process, the real agent (init + sidecar) against it, a rotation; `api: auto` detects it once and
-says so in the log; explicit `api: canonical` needs no detection."""
+"""The canonical KMS API backend end to end: `kms-injector dev-server --profile canonical` (Hanzo's
+Go server, current surface, at the host root) as a real process, the real agent (init + sidecar)
+against it, a rotation; `api: auto` detects it once and says so in the log; explicit
+`api: canonical` needs no detection. Go servers have no folder imports: a folder is its own keys."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from tests.agent_support import (
     CHAT, CLIENT_ID, CLIENT_SECRET, ENV, PROJECT, SHARED, agent_args, read_folder, seed, serve_app, spawn, wait_for, write_credentials,
 )
 
-CANON_LIST = "GET /v1/kms/orgs/{org}/secrets"
-CANON_GET = "GET /v1/kms/orgs/{org}/secrets/{rest}"
+CANON_LIST = "GET /v1/kms/secrets"
+CANON_GET = "GET /v1/kms/secrets/{rest}"
 CANON_LOGIN = "POST /v1/kms/auth/login"
 
 
@@ -27,7 +28,7 @@ def hook(base_url: str, method: str, path: str, body: dict | None = None) -> dic
 def start_canonical(dev_server_process, tmp: Path):
     seed_file = tmp / "seed.json"  # JSON is YAML
     seed_file.write_text(json.dumps(seed()))
-    return dev_server_process("--seed", str(seed_file), "--api", "canonical", "--test-hooks")
+    return dev_server_process("--seed", str(seed_file), "--profile", "canonical", "--test-hooks")
 
 
 def api_env(api: str) -> dict[str, str]:
@@ -43,7 +44,7 @@ async def test_auto_detects_canonical_init_sidecar_and_rotation(dev_server_proce
     assert await init.wait_exit() == 0, init.stderr()
     from tests.agent_support import BILLING
 
-    assert read_folder(mount) == {**SHARED, **CHAT, **{f"billing/{k}": v for k, v in BILLING.items()}}
+    assert read_folder(mount) == {**CHAT, **{f"billing/{k}": v for k, v in BILLING.items()}}
     detected = init.events("kms_api_detected")
     assert [d["api"] for d in detected] == ["canonical"], init.stderr()
 
@@ -58,6 +59,9 @@ async def test_auto_detects_canonical_init_sidecar_and_rotation(dev_server_proce
 
         hook(srv.base_url, "PUT", "/_dev/secrets", {"project": PROJECT, "environment": ENV, "path": "/chat",
                                                       "key": "API_KEY", "value": "VALUE-canonical-rotated"})
+        # (a second key first: a folder that suddenly lists nothing fails closed and keeps the files)
+        hook(srv.base_url, "PUT", "/_dev/secrets", {"project": PROJECT, "environment": ENV, "path": "/billing",
+                                                      "key": "PLAN", "value": "VALUE-plan"})
         hook(srv.base_url, "DELETE", "/_dev/secrets", {"project": PROJECT, "environment": ENV, "path": "/billing",
                                                          "key": "STRIPE_KEY"})
         await wait_for(lambda: (mount / "API_KEY").read_text() == "VALUE-canonical-rotated", timeout=30, what="rotation")
@@ -81,15 +85,17 @@ async def test_explicit_canonical_and_typed_errors(dev_server_process, tmp_path:
     init = spawn(agent_args(srv.base_url, tmp_path / "secrets", tmp_path / "auth", mode="init"), tmp_path, "init",
                  env=api_env("canonical"))
     assert await init.wait_exit() == 0, init.stderr()
-    assert read_folder(tmp_path / "secrets") == {**SHARED, **CHAT}
+    assert read_folder(tmp_path / "secrets") == CHAT
     assert not init.events("kms_api_detected")  # configured, not detected
 
-    # A folder that does not exist: init fails with one line naming host, project, path and status.
+    # A folder that does not exist (the server lists nothing for it): init fails with one line
+    # naming host, project, path and saying the folder is empty or does not exist.
     bad = spawn(agent_args(srv.base_url, tmp_path / "other", tmp_path / "auth", "--init-timeout", "2s", mode="init",
                            paths=("/nope",)), tmp_path, "bad", env=api_env("canonical"))
     assert await bad.wait_exit() == 1
     line = [ln for ln in bad.stderr().splitlines() if ln.startswith("kms-agent: init failed")]
-    assert line and "status=404" in line[0] and "path=/nope" in line[0] and srv.base_url in line[0], bad.stderr()
+    assert line and "empty or does not exist" in line[0] and "path=/nope" in line[0] and srv.base_url in line[0], bad.stderr()
+    assert "kms.hanzo.ai/allow-empty" in line[0] and len(line) == 1
     assert not (tmp_path / "other" / "API_KEY").exists()
 
     # api: infisical against a canonical server: a clear 404 on the login path, no silent fallback.
@@ -110,12 +116,12 @@ async def test_client_canonical_backend_detects_once_hashes_and_relogs_in(tmp_pa
     from injector.kms.errors import InvalidCredentials, NotFound
     from injector.log import Logger
 
-    async with run_dev_kms(seed(), api="canonical") as kms:
+    async with run_dev_kms(seed(), profile="canonical") as kms:
         write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
         out = io.StringIO()
         async with KmsClient(kms.base_url, UniversalAuthFiles(str(tmp_path / "auth")), api="auto", logger=Logger("t", out)) as c:
             chat, billing = await asyncio.gather(c.fetch(PROJECT, ENV, "/chat"), c.fetch(PROJECT, ENV, "/billing"))
-            assert chat.secrets == {**SHARED, **CHAT} and not chat.not_modified
+            assert chat.secrets == CHAT and not chat.not_modified
             assert set(billing.secrets) == {"STRIPE_KEY"}
             assert c.api == "canonical" and out.getvalue().count('"event":"kms_api_detected"') == 1
             again = await c.fetch(PROJECT, ENV, "/chat", etag=chat.etag)
@@ -129,8 +135,8 @@ async def test_client_canonical_backend_detects_once_hashes_and_relogs_in(tmp_pa
             try:
                 await c.fetch(PROJECT, ENV, "/nope")
                 raise AssertionError("a missing folder must raise")
-            except NotFound as exc:
-                assert "path=/nope" in str(exc) and "status=404" in str(exc)
+            except NotFound as exc:  # EmptyFolder: the server lists nothing there
+                assert "path=/nope" in str(exc) and "empty or does not exist" in str(exc)
         write_credentials(tmp_path / "bad", CLIENT_ID, "wrong-secret-123456")
         async with KmsClient(kms.base_url, UniversalAuthFiles(str(tmp_path / "bad")), api="canonical") as c:
             try:
@@ -163,12 +169,12 @@ async def test_canonical_listing_with_a_lone_surrogate_name_skips_it_and_syncs_t
         name = request.match_info["name"]
         if name not in values:
             return web.json_response({"message": "secret not found"}, status=404)
-        return web.json_response({"secret": {"value": values[name]}})
+        return web.json_response({"env": "prod", "name": name, "value": values[name]})
 
-    app = web.Application()
-    app.router.add_post("/api/v1/kms/auth/login", login)
-    app.router.add_get(f"/api/v1/kms/orgs/{PROJECT}/secrets", names)
-    app.router.add_get(f"/api/v1/kms/orgs/{PROJECT}/secrets/odd/{{name}}", value)
+    app = web.Application()  # the current surface, at the host root
+    app.router.add_post("/v1/kms/auth/login", login)
+    app.router.add_get("/v1/kms/secrets", names)
+    app.router.add_get("/v1/kms/secrets/odd/{name}", value)
     runner, port = await serve_app(app)
     mount = tmp_path / "secrets"
     try:
@@ -180,7 +186,7 @@ async def test_canonical_listing_with_a_lone_surrogate_name_skips_it_and_syncs_t
         await runner.cleanup()
     assert rc == 0, init.stderr()[-2000:]
     assert read_folder(mount) == values
-    assert sorted(value_paths) == [f"/api/v1/kms/orgs/{PROJECT}/secrets/odd/{n}" for n in ("ALSO_GOOD", "GOOD")]
+    assert sorted(value_paths) == [f"/v1/kms/secrets/odd/{n}" for n in ("ALSO_GOOD", "GOOD")]
     skipped = init.events("key_skipped")
     assert [r["key"] for r in skipped] == ["BAD\ud800"], skipped
     assert "UTF-8" in skipped[0]["reason"]

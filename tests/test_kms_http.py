@@ -540,6 +540,12 @@ async def test_malformed_content_length_on_the_event_stream_does_not_kill_the_su
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
                     await writer.drain()
                     continue
+                if b"/v3/secrets/raw" in head.split(b"\r\n")[0]:  # teaches the client the project id
+                    body = (b'{"secrets": [{"secretKey": "K", "secretValue": "v", "workspace": "proj-id",'
+                            b' "environment": "prod", "version": 1, "type": "shared"}], "imports": []}')
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                    await writer.drain()
+                    continue
                 subscribes += 1
                 if subscribes == 1:
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: \xb2\r\n\r\n")
@@ -560,6 +566,7 @@ async def test_malformed_content_length_on_the_event_stream_does_not_kill_the_su
     (creds / "clientSecret").write_text("secret")
     async with raw_server(handler) as port:
         client = KmsClient(f"http://127.0.0.1:{port}/api", UniversalAuthFiles(str(creds)))
+        await client.fetch("proj", "prod", "/app")  # the subscriber needs the real project id first
         sub = EventSubscriber(client, "proj", "prod", ["/app"], backoff=Backoff(base=0.01, cap=0.02))
         task = asyncio.create_task(sub.run(lambda ev: None))
         try:

@@ -35,6 +35,8 @@ from .reliability_support import SOAK, assert_no_leaks
 BUDGET = 120.0 if SOAK else 20.0
 MIN_ROTATIONS = 200 if SOAK else 0
 MAIN, SUB = "/crash", "/crash/sub"
+# Even versions empty the sub-folder on purpose: opt out of fail-closed-on-empty (allow_empty).
+ALLOW_EMPTY = {"KMS_AGENT_CONFIG": json.dumps({"allow_empty": True})}
 
 
 @pytest.fixture
@@ -92,7 +94,7 @@ async def test_agent_sigkilled_mid_rotation_never_exposes_a_partial_version(tmp_
         argv = agent_args(kms.base_url, mount, tmp_path / "auth", "--refresh-interval", "5s", paths=(MAIN, f"sub={SUB}"))
 
         rotate(kms, 0)
-        first = spawn(agent_args(kms.base_url, mount, tmp_path / "auth", mode="init", paths=(MAIN, f"sub={SUB}")), tmp_path, "agent-first")
+        first = spawn(agent_args(kms.base_url, mount, tmp_path / "auth", mode="init", paths=(MAIN, f"sub={SUB}")), tmp_path, "agent-first", env=ALLOW_EMPTY)
         assert await first.wait_exit() == 0, first.stderr()
         assert current_version(mount) == 0
         reader, stop = start_reader(tmp_path, mount)
@@ -116,7 +118,8 @@ async def test_agent_sigkilled_mid_rotation_never_exposes_a_partial_version(tmp_
                 before_version = current_version(mount)
                 step = schedule[stats["runs"] % len(schedule)]
                 delay = rng.uniform(0.0, t_run * 1.3)
-                agent = spawn(argv, tmp_path, f"agent-{stats['runs'] % 4}", env={"KMS_TEST_CRASH_AT": step} if step else None)
+                agent = spawn(argv, tmp_path, f"agent-{stats['runs'] % 4}",
+                              env={**ALLOW_EMPTY, "KMS_TEST_CRASH_AT": step} if step else ALLOW_EMPTY)
                 stats["runs"] += 1
                 t0 = time.monotonic()
                 hit = False  # the writer killed itself at `step`
@@ -173,7 +176,7 @@ async def test_agent_sigkilled_mid_rotation_never_exposes_a_partial_version(tmp_
             reader_stats = stop_reader(reader, stop)
 
         # A final, uninterrupted start repairs what the last kill left and writes the last version.
-        final = spawn(agent_args(kms.base_url, mount, tmp_path / "auth", mode="init", paths=(MAIN, f"sub={SUB}")), tmp_path, "agent-final")
+        final = spawn(agent_args(kms.base_url, mount, tmp_path / "auth", mode="init", paths=(MAIN, f"sub={SUB}")), tmp_path, "agent-final", env=ALLOW_EMPTY)
         assert await final.wait_exit() == 0, final.stderr()
         assert_clean(mount)
         assert current_version(mount) == n

@@ -147,8 +147,20 @@ class _Token:
         return self.obtained + self.expires_in * RENEW_FRACTION
 
 
-def parse_token_response(resp: Response, where: dict[str, Any], redact: list[str]) -> tuple[str, float, float | None]:
-    """(accessToken, expiresIn, accessTokenMaxTTL or None) from a login/renew answer."""
+# `expiresIn: 0` on the Infisical API: the token never expires (its JWT has no `exp`), nothing to
+# renew; a 401 still leads to a fresh login. Kept finite so logs and arithmetic stay plain numbers.
+NEVER_EXPIRES = 10 * 365 * 86400.0
+# A max TTL this long marks a *periodic* token: renewable forever, but within each period.
+PERIODIC_MAX_TTL = 1e9
+
+
+def parse_token_response(resp: Response, where: dict[str, Any], redact: list[str],
+                         zero_means: float = NEVER_EXPIRES) -> tuple[str, float, float | None]:
+    """(accessToken, expiresIn, accessTokenMaxTTL or None) from a login/renew answer.
+
+    `expiresIn: 0` becomes `zero_means` seconds: "never expires" on the Infisical API, "one hour,
+    then log in again" on the canonical one (its IAM token's own lifetime may be reported as 0).
+    A max TTL of 0 or absent means none is known (log in afresh instead of renewing)."""
     try:
         data = resp.json()
     except ValueError:
@@ -158,13 +170,17 @@ def parse_token_response(resp: Response, where: dict[str, Any], redact: list[str
     token = data.get("accessToken")
     if not isinstance(token, str) or not token:
         raise BadResponse("field accessToken is missing or not a non-empty string", status=resp.status, redact=redact, **where)
+    if any(c in token for c in "\r\n\x00") or len(token) > 64 * 1024:
+        raise BadResponse("field accessToken is not usable in a header", status=resp.status, redact=redact + [token], **where)
     expires_in = data.get("expiresIn")
-    if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) or expires_in <= 0:
-        raise BadResponse("field expiresIn is missing or not a positive number", status=resp.status, redact=redact + [token], **where)
+    if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) or expires_in < 0 or expires_in != expires_in:
+        raise BadResponse("field expiresIn is missing or not a number of seconds (0 = never expires)",
+                          status=resp.status, redact=redact + [token], **where)
     max_ttl = data.get("accessTokenMaxTTL")
-    if max_ttl is not None and (isinstance(max_ttl, bool) or not isinstance(max_ttl, (int, float))):
-        raise BadResponse("field accessTokenMaxTTL is not a number", status=resp.status, redact=redact + [token], **where)
-    return token, float(expires_in), (float(max_ttl) if max_ttl else None)  # 0 = no max TTL
+    if max_ttl is not None and (isinstance(max_ttl, bool) or not isinstance(max_ttl, (int, float)) or max_ttl < 0):
+        raise BadResponse("field accessTokenMaxTTL is not a number of seconds", status=resp.status, redact=redact + [token], **where)
+    life = float(expires_in) if expires_in > 0 else zero_means
+    return token, min(life, NEVER_EXPIRES), (float(max_ttl) if max_ttl else None)
 
 
 def transport_error(exc: HttpError, redact: list[str] | None = None, **where: Any) -> KmsError:
@@ -316,7 +332,8 @@ class TokenManager:
         if resp.status != 200:
             self.login_failures += 1
             raise error_from_response(resp.status, resp.body, resp.headers.get("retry-after"), redact, **where)
-        token, expires_in, max_ttl = parse_token_response(resp, where, redact)
+        token, expires_in, max_ttl = parse_token_response(
+            resp, where, redact, zero_means=getattr(self.credentials, "zero_expires_in", NEVER_EXPIRES))
         self.logins += 1
         if not self._store(_Token(token, sent, expires_in, sent + max_ttl if max_ttl else None), started):
             return token, False

@@ -49,8 +49,11 @@ class KmsError(Exception):
         error_code: str = "",
         op: str = "",
         redact: Iterable[str] = (),
+        retry_after: float | None = None,
     ) -> None:
         redact = tuple(redact)
+        # Retry-After as sent with ANY status: older Infisical servers rate-limit with a 500.
+        self.retry_after = retry_after
         self.host = sanitize(host, redact)
         self.project = sanitize(project, redact)
         self.env = sanitize(env, redact)
@@ -98,6 +101,7 @@ class KmsError(Exception):
             "status": self.status,
             "kms_message": self.kms_message,
             "retryable": self.retryable,
+            **({"retry_after": self.retry_after} if self.retry_after is not None else {}),
         }
 
 
@@ -133,10 +137,22 @@ class RateLimited(KmsError):
     summary = "rate limited"
 
     def __init__(self, detail: str = "", *, retry_after: float | None = None, **kw: Any) -> None:
-        self.retry_after = retry_after
         if retry_after is not None and not detail:
             detail = f"retry after {retry_after:g}s"
-        super().__init__(detail, **kw)
+        super().__init__(detail, retry_after=retry_after, **kw)
+
+
+class EmptyFolder(NotFound):
+    """KMS answered 200 with no secrets and no imports. The Infisical API answers so for a folder
+    or env that does not exist, so a typo in a path would otherwise give an empty mount."""
+
+    summary = "folder is empty or does not exist"
+
+
+class ListUnavailable(KmsError):
+    """A canonical server with no list route, and no key names configured for the folder."""
+
+    summary = "this KMS server cannot list a folder"
 
 
 class ServerError(KmsError):
@@ -182,6 +198,9 @@ def error_from_response(
     """Map a non-success KMS response to its typed error. `where` = host/project/env/path/op."""
     message, code = _error_body(body)
     kw: dict[str, Any] = dict(where, status=status, kms_message=message, error_code=code, redact=redact)
+    if status == 429:
+        return RateLimited(retry_after=parse_retry_after(retry_after), **kw)
+    kw["retry_after"] = parse_retry_after(retry_after)
     if status == 401:
         return InvalidCredentials(**kw)
     if status == 403:
@@ -190,9 +209,7 @@ def error_from_response(
         return PermissionDenied(**kw)
     if status == 404:
         return NotFound(**kw)
-    if status == 429:
-        return RateLimited(retry_after=parse_retry_after(retry_after), **kw)
-    if status in (400, 409, 413, 422):
+    if status in (400, 405, 409, 413, 422):
         return BadRequest(**kw)
     if status == 408 or status >= 500:
         return ServerError(**kw)
@@ -212,4 +229,13 @@ def _error_body(body: bytes) -> tuple[str, str]:
         return "", ""
     message = data.get("message")
     code = data.get("error")
+    if isinstance(message, list):  # a ValidationFailure: zod issues; name the fields, not the input
+        message = "; ".join(_issue(i) for i in message[:5] if isinstance(i, dict))
     return (message if isinstance(message, str) else ""), (code if isinstance(code, str) else "")
+
+
+def _issue(issue: dict[str, Any]) -> str:
+    path = issue.get("path")
+    where = ".".join(str(p) for p in path) if isinstance(path, list) else ""
+    text = issue.get("message") if isinstance(issue.get("message"), str) else "invalid"
+    return f"{where}: {text}" if where else text

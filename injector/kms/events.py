@@ -1,21 +1,31 @@
 """KMS change events: subscribe to the project event stream and report matching changes.
 
     sub = EventSubscriber(client, "secrets-639-c", "prod", ["/chat"], logger=log)
-    await sub.run(on_change)   # returns only when the server has no event stream (404)
+    await sub.run(on_change)   # runs until cancelled; polling goes on regardless
 
 `POST /v1/events/subscribe/project-events` (shared/kms-api.md, "Change events") answers a
-`text/event-stream`. For every folder we register secret:create/update/delete/import-mutation with
-conditions {secretPath: <folder, exact>, environmentSlug: env}; the server filters, and we check
-again here (a server may ignore conditions). `on_change(event)` is called for each matching event,
-and with a `resync` event after every connect: changes made while no stream was open (including
-between the agent's first sync and its first subscription) would otherwise only be seen at the
-next poll. A resync with nothing changed costs one 304.
+`text/event-stream` where the server has it. The body names the project by its id (never the
+slug: learnt from the fetched secrets' `workspace`; until one is known nothing is subscribed) and
+1 to 10 registrations of secret:create/update/delete/import-mutation with conditions
+{secretPath, environmentSlug}. `secretPath` is a prefix match on the server, so up to two folders
+get four registrations each, and more folders share one set on their common prefix; we filter
+exactly here. Events come as `event: secret:update` + `data: {"type": "secret-manager", "data":
+{"eventType", "payload": [{"environment", "secretPath", "secretKeys"}]}}`; `event: ping` (no
+data) every 15 s keeps the stream alive; the server closes each stream after an hour.
+`on_change(event)` is called for each matching event, and with a `resync` event after every
+connect (events are not stored: what happened while no stream was open is caught by one fetch).
 
-Failures never end the subscription: 429 (honouring Retry-After), a dropped stream, a silent
-stream (no data, not even a heartbeat, for `idle_timeout`), 5xx, network errors -> reconnect with
-capped exponential backoff and full jitter. 401 / 403 TokenError -> a fresh login, then reconnect.
-404 -> the server has no event stream: `run` logs `events_unsupported` and returns, and the agent
-keeps polling. Stdlib only (this runs inside the agent).
+What a refusal means (SubscribePolicy holds the numbers):
+- 400 (plan), 403 (permission), 404 (no route), 405, 422 (Hanzo's fork: a stub schema), 501, and
+  `server_error_limit` 5xx in a row: events are not available here. Logged once
+  (`events_unsupported`, with the reason), then polling only, and one probe every
+  `unavailable_retry` seconds (minutes, jittered).
+- 429 (at most 5 streams per project and identity): wait at least `rate_limited_floor`.
+- 401 / 403 TokenError: only the refused token is dropped (`client.invalidate(token)`); after
+  `relogin_limit` refused tokens in a row, events count as not available.
+- a dropped or silent stream, network errors: reconnect with capped backoff and full jitter.
+Against a server that always refuses, the loop is bounded: see `attempts_per_hour`.
+Stdlib only (this runs inside the agent).
 """
 
 from __future__ import annotations
@@ -27,15 +37,42 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from injector.backoff import Backoff
-from injector.kms.errors import BadResponse, KmsError, NotFound, error_from_response
+from injector.kms.errors import BadResponse, KmsError, RateLimited, ServerError, error_from_response
 from injector.kms.http import HttpError
 
 SUBSCRIBE_PATH = "/v1/events/subscribe/project-events"
 EVENT_TYPES = ("secret:create", "secret:update", "secret:delete", "secret:import-mutation")
-IDLE_TIMEOUT = 75.0  # the dev KMS sends a heartbeat every 15 s; silence this long = a dead stream
+IDLE_TIMEOUT = 75.0  # servers send `event: ping` every 15 s; silence this long = a dead stream
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 HEALTHY_AFTER = 10.0  # a stream that stayed up this long resets the backoff
+MAX_REGISTRATIONS = 10  # the server's limit per subscription
+ROTATED_AFTER = 50 * 60.0  # a stream closed after this long is the server's one-hour close, not a fault
+UNAVAILABLE_STATUSES = (400, 403, 404, 405, 422, 501)
+
+
+@dataclass(frozen=True)
+class SubscribePolicy:
+    """How often the subscriber may ask. Defaults suit a fleet; tests shrink them."""
+
+    backoff_base: float = BACKOFF_BASE
+    backoff_cap: float = BACKOFF_CAP
+    unavailable_retry: float = 900.0  # probe a server without events again after ~15 min
+    rate_limited_floor: float = 300.0  # 429: too many streams for this project and identity
+    server_error_limit: int = 3  # 5xx in a row on subscribe before events count as not available
+    relogin_limit: int = 3  # refused tokens in a row before events count as not available
+    healthy_after: float = HEALTHY_AFTER
+    jitter: float = 0.2  # +-20% on the long waits, so a fleet does not probe in step
+    project_id_wait: float = 5.0  # how often to look for a learnt project id (no requests)
+
+    def attempts_per_hour(self) -> float:
+        """Upper bound of subscribe requests per hour against a server that always refuses: a
+        round is at most max(server_error_limit, relogin_limit) attempts (seconds of backoff),
+        then one unavailable_retry wait at its shortest (jitter's low end); a 429 waits at least
+        rate_limited_floor (low end) each time. Defaults: 5/h for 4xx, 15/h for 5xx, 401 or 429."""
+        per_round = max(self.server_error_limit, self.relogin_limit, 1)
+        low = 1 - self.jitter
+        return max(per_round * 3600.0 / (self.unavailable_retry * low), 3600.0 / (self.rate_limited_floor * low))
 
 
 # -- pure: SSE framing ---------------------------------------------------------------------------
@@ -96,12 +133,25 @@ class ChangeEvent:
 
 
 def registrations(env: str, paths: Iterable[str]) -> list[dict[str, Any]]:
-    """The `register` list: every event type, for each folder exactly (no glob: only our folders)."""
-    out = []
-    for path in dict.fromkeys(_norm(p) for p in paths):
-        for event in EVENT_TYPES:
-            out.append({"event": event, "conditions": {"secretPath": path, "environmentSlug": env}})
-    return out
+    """The `register` list (1 to MAX_REGISTRATIONS): every event type for each folder while that
+    fits (two folders), else for the folders' common prefix (the server matches by prefix; we
+    filter exactly in match_event)."""
+    folders = list(dict.fromkeys(_norm(p) for p in paths)) or ["/"]
+    if len(folders) * len(EVENT_TYPES) > MAX_REGISTRATIONS:
+        folders = [common_prefix(folders)]
+    return [{"event": event, "conditions": {"secretPath": path, "environmentSlug": env}}
+            for path in folders for event in EVENT_TYPES]
+
+
+def common_prefix(paths: list[str]) -> str:
+    """The longest folder path every one of `paths` is in ('/' at worst)."""
+    split = [[p for p in path.split("/") if p] for path in paths]
+    out: list[str] = []
+    for parts in zip(*split):
+        if any(p != parts[0] for p in parts):
+            break
+        out.append(parts[0])
+    return "/" + "/".join(out)
 
 
 def _norm(path: str) -> str:
@@ -135,9 +185,35 @@ def match_event(data: Any, env: str, paths: Iterable[str]) -> ChangeEvent | None
         ev_path = item.get("secretPath")
         if event_type != "secret:import-mutation" and isinstance(ev_path, str) and _norm(ev_path) not in wanted:
             continue
-        keys = tuple(i.get("secretKey") for i in items if isinstance(i, dict) and isinstance(i.get("secretKey"), str))
+        keys = tuple(k for i in items if isinstance(i, dict) for k in _keys_of(i))
         return ChangeEvent("change", event_type, env, _norm(ev_path) if isinstance(ev_path, str) else "", keys)
     return None
+
+
+def _keys_of(item: dict[str, Any]) -> list[str]:
+    """Key names in a payload item: `secretKeys` (the real servers: a string, or a list) or `secretKey`."""
+    value = item.get("secretKeys", item.get("secretKey"))
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)][:100]
+    return []
+
+
+def classify_refusal(status: int, body: bytes, retry_after: str | None = None, redact: Iterable[str] = (),
+                     **where: Any) -> tuple[str, KmsError]:
+    """PURE: what a non-200 answer to subscribe means: ("relogin" | "unavailable" | "retry", error).
+
+    "unavailable": the statuses in UNAVAILABLE_STATUSES (plan, permission, no route, stub schema);
+    "relogin": 401 or 403 TokenError; "retry": the rest (429, 5xx: the caller counts them)."""
+    err = error_from_response(status, body, retry_after, list(redact), **where)
+    if status == 401 or (status == 403 and err.error_code == "TokenError"):
+        return "relogin", err
+    if status in UNAVAILABLE_STATUSES:
+        said = ": ".join(x for x in (err.error_code, err.kms_message) if x)
+        err.detail = f"{SUBSCRIBE_PATH} answered {status}" + (f" ({said})" if said else "")
+        return "unavailable", err
+    return "retry", err
 
 
 # -- I/O: the subscription loop ------------------------------------------------------------------
@@ -147,7 +223,9 @@ class _Unsupported(Exception):
 
 
 class _Relogin(Exception):
-    pass
+    def __init__(self, token: str) -> None:
+        super().__init__("access token refused by the event stream")
+        self.token = token
 
 
 class EventSubscriber:
@@ -155,7 +233,7 @@ class EventSubscriber:
 
     def __init__(
         self,
-        client: Any,  # KmsClient: .http (HttpClient), .tokens (TokenManager), .host, .project_id()
+        client: Any,  # KmsClient: .http, .tokens, .host, .known_project_id(), .invalidate(token)
         project: str,
         env: str,
         paths: list[str],
@@ -164,7 +242,9 @@ class EventSubscriber:
         on_need_login: Callable[[], Any] | None = None,
         idle_timeout: float = IDLE_TIMEOUT,
         backoff: Backoff | None = None,
+        policy: SubscribePolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rng: Any = None,
     ) -> None:
         self.client = client
         self.project = project
@@ -176,69 +256,131 @@ class EventSubscriber:
         # fetch now. So wrong credentials cost no extra logins (KMS locks an identity after 3).
         self.on_need_login = on_need_login
         self.idle_timeout = idle_timeout
-        self.backoff = backoff or Backoff(base=BACKOFF_BASE, cap=BACKOFF_CAP)
+        self.policy = policy or SubscribePolicy()
+        self.backoff = backoff or Backoff(base=self.policy.backoff_base, cap=self.policy.backoff_cap)
         self.clock = clock
+        if rng is None:
+            import random
+
+            rng = random.Random()
+        self.rng = rng
         # for metrics and tests
+        self.attempts = 0  # subscribe requests sent
         self.connects = 0
         self.events = 0
         self.failures = 0
         self.connected = False
         self.unsupported = False
+        self.unsupported_reason = ""
         self._failing = False
         self._opened_at: float | None = None
+        self._server_errors = 0
+        self._refused_tokens = 0
 
     def _where(self) -> dict[str, Any]:
         return {"host": self.client.host, "project": self.project, "env": self.env,
                 "path": ",".join(self.paths), "op": "subscribe-events"}
 
-    def _body(self) -> dict[str, Any]:
-        # The real KMS wants the project id; the secrets answers name it (`workspace`), so use it
-        # once a fetch has seen it. Before that (and on the dev KMS) the slug works.
-        project_id = getattr(self.client, "project_id", lambda p: p)(self.project)
+    def _project_id(self) -> str | None:
+        known = getattr(self.client, "known_project_id", None)
+        return known(self.project) if known is not None else self.project
+
+    def _body(self, project_id: str) -> dict[str, Any]:
         return {"projectId": project_id, "register": registrations(self.env, self.paths)}
 
+    def _jittered(self, seconds: float) -> float:
+        j = self.policy.jitter
+        return seconds * self.rng.uniform(1 - j, 1 + j)
+
+    async def _wait_for_project_id(self) -> str:
+        """The real project id (the server refuses a slug); learnt by the agent's fetches."""
+        pid = self._project_id()
+        if pid:
+            return pid
+        self._log("info", "events_waiting", reason="the project id is not known yet (no fetched secret named its workspace)",
+                  action="polling; subscribing once a fetch names it")
+        while not pid:
+            await asyncio.sleep(self.policy.project_id_wait)
+            pid = self._project_id()
+        return pid
+
     async def run(self, on_change: Callable[[ChangeEvent], Any]) -> None:
-        """Subscribe until cancelled; returns only if the server has no event stream (404)."""
+        """Subscribe until cancelled. Never returns on refusals: it waits (see SubscribePolicy)."""
         relogged = False
         while True:
             self._opened_at = None
+            pid = await self._wait_for_project_id()
             try:
-                await self._stream(on_change)
+                await self._stream(on_change, pid)
                 raise ConnectionResetError("the server closed the event stream")
             except asyncio.CancelledError:
                 raise
             except _Unsupported as exc:
-                self.unsupported = True
-                self._log("info", "events_unsupported", reason=str(exc), action="polling only")
-                return
-            except _Relogin:
-                self.client.tokens.invalidate()
+                await self._unavailable(str(exc))
+                continue
+            except _Relogin as exc:
+                self._refused_tokens += 1
+                self.client.invalidate(exc.token)  # only the refused token: a fresher one stays
                 if self.on_need_login is not None:
                     self.on_need_login()
-                if not relogged:  # one immediate retry with a fresh login; then back off
+                if self._refused_tokens >= self.policy.relogin_limit:
+                    await self._unavailable(f"the event stream refused {self._refused_tokens} access tokens in a row (401 or 403 TokenError)")
+                    continue
+                if not relogged:  # one immediate retry with a fresh token; then back off
                     relogged = True
                     continue
                 err: BaseException = KmsError("access token rejected by the event stream", **self._where())
+            except RateLimited as exc:
+                err = exc
+            except ServerError as exc:
+                self._server_errors += 1
+                if self._server_errors >= self.policy.server_error_limit:
+                    await self._unavailable(f"{self._server_errors} server errors in a row on subscribe ({exc.status})")
+                    continue
+                err = exc
             except (KmsError, HttpError, OSError) as exc:
                 err = exc
             self.connected = False
+            rotated = False
             if self._opened_at is not None:
                 relogged = False
-                if self.clock() - self._opened_at >= HEALTHY_AFTER:
+                lasted = self.clock() - self._opened_at
+                if lasted >= self.policy.healthy_after:
                     self.backoff.reset()
+                rotated = lasted >= ROTATED_AFTER
             floor = float(getattr(err, "retry_after", 0.0) or 0.0)
+            if isinstance(err, RateLimited):
+                floor = max(floor, self._jittered(self.policy.rate_limited_floor))
             delay = self.backoff.next_delay(floor=floor)
             self.failures += 1
-            self._note_failure(err, delay)
+            if rotated:  # the server's hourly close: reconnect, nothing to warn about
+                self._log("info", "events_stream_closed", lasted_seconds=round(self.clock() - (self._opened_at or 0)),
+                          retry_in=round(delay, 2))
+            else:
+                self._note_failure(err, delay)
             await asyncio.sleep(delay)
 
-    async def _stream(self, on_change: Callable[[ChangeEvent], Any]) -> None:
+    async def _unavailable(self, reason: str) -> None:
+        """Events are not available here: say so once, then probe again rarely."""
+        self.connected = False
+        delay = self._jittered(self.policy.unavailable_retry)
+        if not self.unsupported or reason != self.unsupported_reason:
+            self._log("info", "events_unsupported", reason=reason[:300], action="polling only",
+                      probe_again_in=round(delay))
+        self.unsupported, self.unsupported_reason = True, reason
+        self._server_errors = 0
+        self._refused_tokens = 0
+        self.backoff.reset()
+        await asyncio.sleep(delay)
+
+    async def _stream(self, on_change: Callable[[ChangeEvent], Any], project_id: str) -> None:
         """One connection: open, report resync, read events until the stream ends (or fails)."""
         token = await self._token()
-        headers = {"Authorization": f"Bearer {token}", "Cache-Control": "no-cache"}
-        async with self.client.http.stream("POST", SUBSCRIBE_PATH, json=self._body(), headers=headers) as resp:
+        headers = {"Authorization": f"Bearer {token}", "Cache-Control": "no-cache", "Accept": "text/event-stream"}
+        self.attempts += 1
+        async with self.client.http.stream("POST", SUBSCRIBE_PATH, json=self._body(project_id), headers=headers) as resp:
             if resp.status != 200:
-                await self._refuse(resp)
+                await self._refuse(resp, token)
             ctype = resp.headers.get("content-type", "")
             if "text/event-stream" not in ctype.lower():
                 raise BadResponse(f"event stream answered with Content-Type {ctype[:60]!r}, not text/event-stream",
@@ -246,10 +388,13 @@ class EventSubscriber:
             self._opened_at = self.clock()
             self.connects += 1
             self.connected = True
-            if self._failing or self.connects == 1:
+            self._server_errors = 0
+            self._refused_tokens = 0
+            if self._failing or self.connects == 1 or self.unsupported:
                 self._log("info", "events_connected", project=self.project, env=self.env, paths=self.paths,
                           after_failures=self.failures)
             self._failing = False
+            self.unsupported, self.unsupported_reason = False, ""
             # Also on the first connect: a change made between the agent's first sync and this
             # subscription would otherwise wait for the next poll. Costs one 304 per start.
             on_change(ChangeEvent("resync"))
@@ -257,7 +402,7 @@ class EventSubscriber:
             async for line in resp.lines(idle_timeout=self.idle_timeout):
                 msg = parser.feed(line)
                 if msg is None or not msg.data:
-                    continue
+                    continue  # `event: ping` carries no data: liveness only
                 try:
                     data = json.loads(msg.data)
                 except ValueError:
@@ -278,19 +423,17 @@ class EventSubscriber:
             step = min(1.0, step * 2)
         return await tokens.token()  # valid: at most a renewal, never a login with no token
 
-    async def _refuse(self, resp: Any) -> None:
+    async def _refuse(self, resp: Any, token: str) -> None:
         try:
             body = await resp.read(max_body=64 * 1024, timeout=5.0)
         except HttpError:
             body = b""
-        if resp.status == 404:
-            raise _Unsupported(f"{SUBSCRIBE_PATH} answered 404")
-        redact = self.client.tokens.redact()
-        err = error_from_response(resp.status, body, resp.headers.get("retry-after"), redact, **self._where())
-        if resp.status == 401 or (resp.status == 403 and err.error_code == "TokenError"):
-            raise _Relogin()
-        if isinstance(err, NotFound):  # pragma: no cover - 404 handled above; keep types honest
-            raise _Unsupported(str(err))
+        redact = self.client.tokens.redact() + [token]
+        kind, err = classify_refusal(resp.status, body, resp.headers.get("retry-after"), redact, **self._where())
+        if kind == "relogin":
+            raise _Relogin(token)
+        if kind == "unavailable":
+            raise _Unsupported(str(err.detail))
         raise err
 
     def _note_failure(self, err: BaseException, delay: float) -> None:

@@ -4,7 +4,8 @@ Merge order: imports first, in the order the server lists them, each later impor
 earlier ones (the Infisical CLI's rule: it walks imports last to first and keeps the first value
 it sees), then the folder's own secrets, which win over every import.
 
-Validation errors name the field (`imports[0].secrets[2].secretValue`), never a value.
+Validation errors name the field (`imports[0].secrets[2].secretValue`), never a value. One
+malformed entry is skipped (reported with its key, never its value); the rest is delivered.
 """
 
 from __future__ import annotations
@@ -45,46 +46,102 @@ class HiddenValue(Exception):
         self.key = key
 
 
-def _secret_list(items: Any, where: str) -> dict[str, str]:
+@dataclass
+class Skipped:
+    """An entry left out because it is malformed. `key` is its name when it has a usable one."""
+
+    where: str  # e.g. "imports[0].secrets[2]"
+    key: str
+    problem: str
+
+
+@dataclass
+class ParsedFolder:
+    """A validated list-secrets answer: the merged folder plus what had to be left out."""
+
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    skipped: list[Skipped] = field(default_factory=list)
+    # No entry at all, in the folder or any import: the server's answer for a path that does not
+    # exist (Infisical answers 200 with empty lists), or a truly empty folder.
+    empty: bool = True
+    project_id: str = ""  # the project's id as the server named it (`workspace`), "" if not seen
+
+
+_TYPED = (("version", (int,)), ("type", (str,)), ("secretPath", (str,)), ("workspace", (str,)))
+
+
+def _secret_list(items: Any, where: str, out: dict[str, str], parsed: ParsedFolder) -> None:
     if not isinstance(items, list):
         raise ShapeError(where, "is missing or not a list")
-    out: dict[str, str] = {}
     for i, item in enumerate(items):
         at = f"{where}[{i}]"
+        parsed.empty = False
         if not isinstance(item, dict):
-            raise ShapeError(at, "is not an object")
+            parsed.skipped.append(Skipped(at, "", "is not an object"))
+            continue
         key = item.get("secretKey")
         if not isinstance(key, str) or not key:
-            raise ShapeError(f"{at}.secretKey", "is missing or not a non-empty string")
+            parsed.skipped.append(Skipped(at, key if isinstance(key, str) else "", "has no secretKey (missing, empty or not a string)"))
+            continue
         value = item.get("secretValue")
         if not isinstance(value, str):
-            raise ShapeError(f"{at}.secretValue", "is missing or not a string")
+            parsed.skipped.append(Skipped(at, key, "secretValue is missing or not a string"))
+            continue
         if item.get("secretValueHidden") is True:
             raise HiddenValue(f"{at}.secretValue", key)
-        for name, types in (("version", (int,)), ("type", (str,)), ("secretPath", (str,))):
-            v = item.get(name)
-            if v is not None and (not isinstance(v, types) or isinstance(v, bool)):
-                raise ShapeError(f"{at}.{name}", "has the wrong type")
+        bad = [name for name, types in _TYPED
+               if (v := item.get(name)) is not None and (not isinstance(v, types) or isinstance(v, bool))]
+        if bad:
+            parsed.skipped.append(Skipped(at, key, f"{bad[0]} has the wrong type"))
+            continue
+        ws = item.get("workspace")
+        if not parsed.project_id and isinstance(ws, str) and 0 < len(ws) <= 200 and not any(c in ws for c in "\r\n\x00"):
+            parsed.project_id = ws
         out[key] = value
-    return out
 
 
-def parse_secrets(data: Any, include_imports: bool = True) -> dict[str, str]:
-    """Validated, merged {key: value} of a list-secrets answer (see module doc for the order)."""
+def parse_folder(data: Any, include_imports: bool = True) -> ParsedFolder:
+    """Validated, merged folder of a list-secrets answer (see module doc for the order).
+
+    One malformed entry (empty secretKey, wrong types) is left out and reported in `skipped`;
+    the rest is delivered. A body that is not the documented shape raises ShapeError."""
     if not isinstance(data, dict):
         raise ShapeError("(body)", "is not a JSON object")
-    own = _secret_list(data.get("secrets"), "secrets")
+    parsed = ParsedFolder()
+    own: dict[str, str] = {}
+    _secret_list(data.get("secrets"), "secrets", own, parsed)
     merged: dict[str, str] = {}
     imports = data.get("imports")
     if include_imports and imports is not None:
         if not isinstance(imports, list):
             raise ShapeError("imports", "is not a list")
         for i, imp in enumerate(imports):
+            parsed.empty = False  # an import is configured: the folder exists
             if not isinstance(imp, dict):
-                raise ShapeError(f"imports[{i}]", "is not an object")
-            merged.update(_secret_list(imp.get("secrets"), f"imports[{i}].secrets"))
+                parsed.skipped.append(Skipped(f"imports[{i}]", "", "is not an object"))
+                continue
+            _secret_list(imp.get("secrets"), f"imports[{i}].secrets", merged, parsed)
     merged.update(own)
-    return merged
+    parsed.secrets = merged
+    return parsed
+
+
+def parse_secrets(data: Any, include_imports: bool = True) -> dict[str, str]:
+    """Validated, merged {key: value} of a list-secrets answer (malformed entries left out)."""
+    return parse_folder(data, include_imports).secrets
+
+
+def parse_secret(data: Any) -> tuple[str, str]:
+    """(key, value) of a single-secret answer (`GET|POST|PATCH|DELETE /v3/secrets/raw/{name}`)."""
+    if not isinstance(data, dict) or not isinstance(data.get("secret"), dict):
+        raise ShapeError("secret", "is missing or not an object")
+    parsed = ParsedFolder()
+    out: dict[str, str] = {}
+    _secret_list([data["secret"]], "secret", out, parsed)
+    if parsed.skipped:
+        raise ShapeError(parsed.skipped[0].where, parsed.skipped[0].problem)
+    ((key, value),) = out.items()
+    return key, value
 
 
 def local_etag(secrets: dict[str, str]) -> str:
