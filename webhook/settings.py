@@ -9,6 +9,10 @@ any, its service account) match. When one or more policies apply, every (project
 asks for must be allowed by at least one of them. When none applies, `default_policy` decides:
 `allow` (the default: no policy, no restriction) or `deny`.
 
+CA bundle: `ca_bundle` names a ConfigMap or a Secret (in each injected namespace, e.g. spread by
+trust-manager) whose `key` the agents trust for an https KMS host; a pod may name its own Secret
+with `kms.hanzo.ai/ca-secret` only when an applying policy lists it in `ca_secrets`.
+
 Auth Secrets: a policy may also list `auth_secrets` (names or `*` globs). When any applying policy
 lists them, the pod's auth Secret (annotation or default) must be in their union. Names in
 `protected_auth_secrets` (e.g. IAM's identity) are refused unless an applying policy lists that
@@ -129,6 +133,8 @@ class PathPolicy:
     service_accounts: tuple[str, ...] = ()
     # Secrets the pod may mount as its Universal Auth identity; () = this policy does not restrict.
     auth_secrets: tuple[str, ...] = ()
+    # Secrets a pod may name as its CA bundle (kms.hanzo.ai/ca-secret); () = none.
+    ca_secrets: tuple[str, ...] = ()
 
     def applies_to(self, namespace: str, service_account: str) -> bool:
         if "*" not in self.namespaces and namespace not in self.namespaces:
@@ -139,6 +145,16 @@ class PathPolicy:
         if not any(_slug_match(p, project) for p in self.projects):
             return False
         return any(_path_regex(g).match(path) for g in self.paths)
+
+
+@dataclass(frozen=True)
+class CABundle:
+    """A CA bundle (PEM) the agents trust for https KMS hosts: a ConfigMap or a Secret of the pod's
+    namespace (at most one of them), mounted read-only into the agent containers only."""
+
+    config_map: str = ""
+    secret: str = ""
+    key: str = "ca.crt"
 
 
 @dataclass(frozen=True)
@@ -160,6 +176,8 @@ class Settings:
     default_policy: str = "allow"
     # Auth Secrets refused unless an applying policy lists the exact name (names or `*` globs here).
     protected_auth_secrets: tuple[str, ...] = ()
+    organization_slug: str = ""  # sent at login (Infisical API) unless kms.hanzo.ai/organization-slug
+    ca_bundle: CABundle = field(default_factory=CABundle)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -197,6 +215,16 @@ class Settings:
         if not listed or any(_slug_match(g, secret) for g in listed):
             return None
         return f"outside the path policy for {who} (allowed auth Secrets: {', '.join(listed)})"
+
+    def check_ca_secret(self, namespace: str, service_account: str, secret: str) -> str | None:
+        """None when an applying policy lists `secret` in ca_secrets, else why not (admission message)."""
+        matching = [p for p in self.path_policies if p.applies_to(namespace, service_account)]
+        listed = list(dict.fromkeys(g for p in matching for g in p.ca_secrets))
+        if any(_slug_match(g, secret) for g in listed):
+            return None
+        allowed = f"allowed: {', '.join(listed)}" if listed else "none is listed"
+        return (f"no path policy for namespace {namespace!r} service account {service_account!r} lists it in caSecrets "
+                f"({allowed}); ask the cluster operator, or rely on the settings' ca_bundle")
 
 
 # -- glob helpers ---------------------------------------------------------------------------------
@@ -300,6 +328,18 @@ def _validate(s: Settings) -> None:
                 raise SettingsError(f"{where}.paths[{j}]", f"{g!r} has characters a KMS path cannot have; use [A-Za-z0-9_.-], * and **")
         for j, a in enumerate(p.auth_secrets):
             _secret_glob(f"{where}.auth_secrets[{j}]", a)
+        for j, a in enumerate(p.ca_secrets):
+            _secret_glob(f"{where}.ca_secrets[{j}]", a)
+    if s.organization_slug and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", s.organization_slug):
+        raise SettingsError("organization_slug", f"{s.organization_slug!r} is not an organization slug ([A-Za-z0-9_.-], up to 64)")
+    b = s.ca_bundle
+    if b.config_map and b.secret:
+        raise SettingsError("ca_bundle", "set config_map or secret, not both")
+    for name in ("config_map", "secret"):
+        if getattr(b, name) and not _DNS_SUBDOMAIN.match(getattr(b, name)):
+            raise SettingsError(f"ca_bundle.{name}", f"{getattr(b, name)!r} is not a {name.replace('_', '')} name (lowercase DNS subdomain)")
+    if not re.fullmatch(r"[-._a-zA-Z0-9]{1,253}", b.key):
+        raise SettingsError("ca_bundle.key", f"{b.key!r} is not a ConfigMap/Secret key ([-._a-zA-Z0-9], e.g. ca.crt)")
     for i, a in enumerate(s.protected_auth_secrets):
         _secret_glob(f"protected_auth_secrets[{i}]", a)
         if _slug_match(a, s.auth_secret):
@@ -363,7 +403,8 @@ def settings_from_dict(data: Any) -> Settings:
     """A parsed YAML document -> Settings (defaults for whatever is missing)."""
     top = _mapping(data, "", Settings)
     kw: dict[str, Any] = {}
-    for name in ("host", "project", "env", "api", "mount_path", "auth_secret", "secrets_size_limit", "default_policy"):
+    for name in ("host", "project", "env", "api", "mount_path", "auth_secret", "secrets_size_limit", "default_policy",
+                 "organization_slug"):
         if name in top:
             kw[name] = _str(top[name], name)
     if "refresh_interval" in top:
@@ -399,10 +440,13 @@ def settings_from_dict(data: Any) -> Settings:
         if "expiration_seconds" in k:
             kkw["expiration_seconds"] = _int(k["expiration_seconds"], "kubernetes_auth.expiration_seconds")
         kw["kubernetes_auth"] = KubernetesAuthSettings(**kkw)
+    if "ca_bundle" in top:
+        b = _mapping(top["ca_bundle"], "ca_bundle", CABundle)
+        kw["ca_bundle"] = CABundle(**{k: _str(v, f"ca_bundle.{k}") for k, v in b.items()})
     if "path_policies" in top:
         raw = top["path_policies"] or []
         if not isinstance(raw, list):
-            raise SettingsError("path_policies", "must be a list of {namespaces, serviceAccounts, projects, paths, authSecrets}")
+            raise SettingsError("path_policies", "must be a list of {namespaces, serviceAccounts, projects, paths, authSecrets, caSecrets}")
         policies = []
         for i, item in enumerate(raw):
             p = _mapping(item, f"path_policies[{i}]", PathPolicy)
@@ -413,6 +457,8 @@ def settings_from_dict(data: Any) -> Settings:
                 # An empty list reads like "no Secret at all"; say so rather than guess.
                 raise SettingsError(f"path_policies[{i}].auth_secrets", "must list at least one Secret name or glob; "
                                     "leave the key out to not restrict auth Secrets")
+            if "ca_secrets" in p and p["ca_secrets"] is None:
+                p["ca_secrets"] = []
             policies.append(PathPolicy(**{k: _strlist(v, f"path_policies[{i}].{k}") for k, v in p.items()}))
         kw["path_policies"] = tuple(policies)
     return Settings(**kw)
