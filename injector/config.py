@@ -331,15 +331,34 @@ def _make_encoders() -> None:
     _encoders[:] = [stdlib, fast]
 
 
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
 def _orjson_safe(data: Any) -> bool:
     """orjson writes what the stdlib writes, except: floats outside [1e-4, 1e16) (the two spell
     exponents differently) and non-finite ones (orjson writes null); non-ASCII and DEL text (the
-    stdlib escapes it) is caught on the output, types orjson refuses by its TypeError."""
-    for v in data.values() if isinstance(data, dict) else data:
-        if isinstance(v, float):
+    stdlib escapes it) is caught on the output, types orjson refuses by its TypeError. Anything
+    but plain JSON types (subclasses, tuples) goes to the stdlib. Hot in the webhook: a config's
+    containers hold strings, so one level is walked inline and deeper ones by recursion."""
+    for v in data.values() if type(data) is dict else data:
+        t = type(v)
+        if t is float:
             if not (1e-4 <= abs(v) < 1e16 or v == 0.0):
                 return False
-        elif isinstance(v, (dict, list)) and not _orjson_safe(v):
+        elif t is dict or t is list:
+            for x in v.values() if t is dict else v:
+                tx = type(x)
+                if tx is str:
+                    continue
+                if tx is float:
+                    if not (1e-4 <= abs(x) < 1e16 or x == 0.0):
+                        return False
+                elif tx is dict or tx is list:
+                    if not _orjson_safe(x):
+                        return False
+                elif tx not in _SCALARS:
+                    return False
+        elif t not in _SCALARS:
             return False
     return True
 

@@ -11,6 +11,7 @@ a newer manifest still deploys on an older webhook.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from injector.config import AgentConfig, ConfigError, Source
@@ -108,26 +109,26 @@ def parse(annotations: dict, settings: Settings, pod: PodFacts) -> Parsed:
 def resolve(g: Given, settings: Settings, pod: PodFacts) -> Parsed:
     """The parsed annotations + settings + pod -> config and options: defaults and policy, once."""
     warnings = [f"{show_key(k)}: unknown annotation, ignored (see docs/annotations.md)" for k in g.unknown[:MAX_WARNINGS]]
-    mode = g.get("mode", "sidecar")
-    project, env = g.get("project", settings.project), g.get("env", settings.env)
+    mode = g.values.get("mode", "sidecar")
+    project, env = g.values.get("project", settings.project), g.values.get("env", settings.env)
     host = _host(g, settings, warnings)
     sources = _sources(g, settings, pod, project)
 
-    auth = g.get("auth", "universal")
+    auth = g.values.get("auth", "universal")
     identity_id, auth_secret = "", ""
     if auth == "kubernetes":
-        identity_id = g.get("identity-id", "")
+        identity_id = g.values.get("identity-id", "")
         if not identity_id:
             raise AnnotationError(PREFIX + "identity-id", None, f"it is required with {PREFIX}auth: kubernetes (the KMS machine identity id)")
-        if g.has("auth-secret"):
+        if "auth-secret" in g.values:
             warnings.append(f"{PREFIX}auth-secret: ignored with {PREFIX}auth: kubernetes")
     else:
-        auth_secret = g.get("auth-secret", settings.auth_secret)
+        auth_secret = g.values.get("auth-secret", settings.auth_secret)
         # The Secret is a machine identity: policies decide which pods may mount which one (IAM's).
         reason = settings.check_auth_secret(pod.namespace, pod.service_account, auth_secret)
         if reason:
             raise AnnotationError(PREFIX + "auth-secret", auth_secret, reason, 403)
-        if g.has("identity-id"):
+        if "identity-id" in g.values:
             warnings.append(f"{PREFIX}identity-id: ignored with {PREFIX}auth: universal")
     ca = _ca(g, settings, pod, host)
 
@@ -136,7 +137,7 @@ def resolve(g: Given, settings: Settings, pod: PodFacts) -> Parsed:
     res = settings.agent.resources
     cpu = _request(g, "agent-cpu", res.cpu_limit)
     memory = _request(g, "agent-memory", res.memory_limit)
-    health_port = 0 if mode == "init" else g.get("agent-health-port", settings.agent.health_port)
+    health_port = 0 if mode == "init" else g.values.get("agent-health-port", settings.agent.health_port)
     if health_port:
         for c in (*pod.containers, *pod.init_containers):
             if health_port in c.ports:
@@ -145,13 +146,13 @@ def resolve(g: Given, settings: Settings, pod: PodFacts) -> Parsed:
     try:
         config = AgentConfig(
             host=host, project=project, env=env, sources=sources, mode="init" if mode == "init" else "sidecar",
-            api=g.get("api", settings.api), auth=auth, identity_id=identity_id, mount_path=AGENT_MOUNT_PATH,
-            format=g.get("format", "files"), templates=g.templates,
-            file_mode=g.get("file-mode", 0o440 if pod.fs_group else 0o444),
-            refresh_interval=g.get("refresh-interval", settings.refresh_interval), init_timeout=g.get("init-timeout", 120.0),
-            events=g.get("events", True), signal=signal, signal_process=signal_process, command=command,
-            health_port=health_port, expand_references=g.get("expand-references", True),
-            allow_empty=g.get("allow-empty", False), organization_slug=g.get("organization-slug", settings.organization_slug),
+            api=g.values.get("api", settings.api), auth=auth, identity_id=identity_id, mount_path=AGENT_MOUNT_PATH,
+            format=g.values.get("format", "files"), templates=g.templates,
+            file_mode=g.values.get("file-mode", 0o440 if pod.fs_group else 0o444),
+            refresh_interval=g.values.get("refresh-interval", settings.refresh_interval), init_timeout=g.values.get("init-timeout", 120.0),
+            events=g.values.get("events", True), signal=signal, signal_process=signal_process, command=command,
+            health_port=health_port, expand_references=g.values.get("expand-references", True),
+            allow_empty=g.values.get("allow-empty", False), organization_slug=g.values.get("organization-slug", settings.organization_slug),
             ca_file=f"{AGENT_CA_DIR}/{CA_FILE_NAME}" if ca else "",
         )
     except ConfigError as exc:  # a check above should have caught it; still answer cleanly
@@ -159,7 +160,7 @@ def resolve(g: Given, settings: Settings, pod: PodFacts) -> Parsed:
         raise AnnotationError(annotation, None, exc.detail) from None
     options = Options(mode=mode, containers=selected, init_containers=selected_init, auth_secret=auth_secret,
                       cpu_request=cpu, memory_request=memory, health_port=health_port,
-                      app_mount_path=g.get("mount-path", settings.mount_path), ca=ca)
+                      app_mount_path=g.values.get("mount-path", settings.mount_path), ca=ca)
     return Parsed(config, options, warnings)
 
 
@@ -171,13 +172,12 @@ _FIELD_TO_ANNOTATION = {
 
 
 def _host(g: Given, settings: Settings, warnings: list[str]) -> str:
-    host = g.get("host", settings.host)
-    if g.has("host") and not settings.host_allowed(host):
+    host = g.values.get("host", settings.host)
+    if "host" in g.values and not settings.host_allowed(host):
         allowed = ", ".join([settings.host, *settings.allowed_hosts])
         raise AnnotationError(PREFIX + "host", host, f"the host must be on the webhook's allowed hosts list: {allowed}", 403)
-    parts = urlsplit(host)
-    name = (parts.hostname or "").rstrip(".")
-    if parts.scheme == "http" and not ("." not in name or name.endswith((".svc", ".svc.cluster.local"))):
+    scheme, name = _scheme_and_name(host)
+    if scheme == "http" and not ("." not in name or name.endswith((".svc", ".svc.cluster.local"))):
         warnings.append(f"{PREFIX}host: {host} is plain http to {name}, which is not a cluster-local service name: "
                         "credentials and secrets would cross the network unencrypted; use https")
     return host
@@ -209,8 +209,8 @@ def _sources(g: Given, settings: Settings, pod: PodFacts, project: str) -> list[
 def _ca(g: Given, settings: Settings, pod: PodFacts, host: str) -> CAVolume | None:
     """The CA bundle the agents trust: the pod's `ca-secret` where a policy lists it, else the settings'."""
     bundle = settings.ca_bundle
-    if g.has("ca-secret"):
-        name = g.get("ca-secret")
+    if "ca-secret" in g.values:
+        name = g.values.get("ca-secret")
         reason = settings.check_ca_secret(pod.namespace, pod.service_account, name)
         if reason:
             raise AnnotationError(PREFIX + "ca-secret", name, reason, 403)
@@ -220,15 +220,22 @@ def _ca(g: Given, settings: Settings, pod: PodFacts, host: str) -> CAVolume | No
     else:
         ca = None
     # Only https uses it; a plain-http pod must not wait for a volume it does not need.
-    return ca if urlsplit(host).scheme == "https" else None
+    return ca if _scheme_and_name(host)[0] == "https" else None
+
+
+@lru_cache(maxsize=64)
+def _scheme_and_name(host: str) -> tuple[str, str]:
+    # Cached: the webhook sees the same few hosts for every pod.
+    parts = urlsplit(host)
+    return parts.scheme, (parts.hostname or "").rstrip(".")
 
 
 def _containers(g: Given, pod: PodFacts) -> tuple[tuple[str, ...], tuple[str, ...]]:
     app_names = [c.name for c in pod.containers]
     init_names = [c.name for c in pod.init_containers]
-    if not g.has("containers"):
+    if not "containers" in g.values:
         return tuple(app_names), tuple(init_names)
-    wanted, raw = g.get("containers"), g.raw["containers"]
+    wanted, raw = g.values.get("containers"), g.raw["containers"]
     for n in wanted:
         if n not in app_names and n not in init_names:
             known = ", ".join(app_names + init_names) or "(none)"
@@ -237,7 +244,7 @@ def _containers(g: Given, pod: PodFacts) -> tuple[tuple[str, ...], tuple[str, ..
 
 
 def _notify(g: Given, mode: str, pod: PodFacts, selected: tuple[str, ...], warnings: list[str]) -> tuple[str, list[str], str]:
-    signal, command = g.get("signal", ""), list(g.get("command", []))
+    signal, command = g.values.get("signal", ""), list(g.values.get("command", []))
     if signal and command:
         raise AnnotationError(PREFIX + "command", g.raw["command"], f"set either {PREFIX}signal or {PREFIX}command, not both")
     if mode == "init" and (signal or command):
@@ -245,14 +252,14 @@ def _notify(g: Given, mode: str, pod: PodFacts, selected: tuple[str, ...], warni
         signal, command = "", []
     process = ""
     if signal:
-        process = g.get("signal-process") or _default_process(pod, selected, warnings)
-    elif g.has("signal-process"):
+        process = g.values.get("signal-process") or _default_process(pod, selected, warnings)
+    elif "signal-process" in g.values:
         warnings.append(f"{PREFIX}signal-process: ignored without {PREFIX}signal")
     return signal, command, process
 
 
 def _request(g: Given, name: str, limit: str) -> str:
-    value = g.get(name, "")
+    value = g.values.get(name, "")
     if value and limit and parse_quantity(value) > (parse_quantity(limit) or 0):  # type: ignore[operator]
         raise AnnotationError(PREFIX + name, g.raw[name], f"the request cannot exceed the limit {limit} set in the webhook settings")
     return value

@@ -8,18 +8,20 @@ Only inputs worth caching get a key: envelope refusals, skipped kinds and operat
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import orjson
 
 from webhook.review_input import ReviewInput, review_input
 
-_FIELDS = ReviewInput.__slots__
+_fields = attrgetter(*ReviewInput.__slots__)  # every field, in order, as a tuple
 
 
 def input_key(inp: ReviewInput, max_size: int) -> bytes | None:
     if inp.problem or inp.skip or not inp.ours or not inp.exact:
         return None
     try:
-        raw = orjson.dumps([getattr(inp, name) for name in _FIELDS])
+        raw = orjson.dumps(_fields(inp))
     except (TypeError, orjson.JSONEncodeError):  # e.g. integers beyond 64 bits: just don't cache
         return None
     return raw if len(raw) <= max_size else None
