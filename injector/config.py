@@ -239,7 +239,7 @@ class AgentConfig:
         return data
 
     def to_json(self) -> str:
-        return dict_to_json(self.to_dict())
+        return config_to_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Any) -> "AgentConfig":
@@ -286,6 +286,7 @@ class AgentConfig:
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(AgentConfig))
 _FIELD_SET = frozenset(_FIELD_NAMES)
+_FLOAT_FIELDS = tuple(f.name for f in dataclasses.fields(AgentConfig) if f.type == "float")
 _encoders: list[Any] = []  # [stdlib encode, orjson dumps or None], made at the first use
 
 
@@ -305,6 +306,29 @@ def dict_to_json(data: dict[str, Any]) -> str:
         else:
             if out.isascii() and b"\x7f" not in out:
                 return out.decode("ascii")
+    return _encoders[0](data)
+
+
+def config_to_json(data: dict[str, Any]) -> str:
+    """dict_to_json for a dict of AgentConfig.to_dict()'s shape (the webhook's hot path: two per
+    pod): the same bytes, with a cheaper guard. validate() leaves strings only in the nested
+    containers (sources, templates, command), so only the float fields need a look."""
+    if not _encoders:
+        _make_encoders()
+    fast = _encoders[1]
+    if fast is not None:
+        for name in _FLOAT_FIELDS:
+            v = data.get(name, 1.0)
+            if type(v) is float and not (1e-4 <= abs(v) < 1e16 or v == 0.0):
+                break
+        else:
+            try:
+                out = fast(data)
+            except (TypeError, ValueError):
+                pass
+            else:
+                if out.isascii() and b"\x7f" not in out:
+                    return out.decode("ascii")
     return _encoders[0](data)
 
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from injector import config as cfgmod
-from injector.config import AgentConfig, Source, dict_to_json, dict_to_json_stdlib
+from injector.config import AgentConfig, Source, config_to_json, dict_to_json, dict_to_json_stdlib
 
 from .test_mutate_properties import FUZZ
 
@@ -43,14 +43,15 @@ def test_both_paths_write_the_same_bytes(data):
 
 
 @given(template=st.text(max_size=40), process=st.sampled_from(["", "nginx"]), refresh=st.floats(5, 86400),
-       timeout=st.floats(0.001, 1e6))
+       timeout=st.one_of(st.floats(1e-9, 1e30), st.sampled_from([1e-5, 1e16, 1e20, 0.0001, 3])),
+       key=st.text(min_size=1, max_size=8).filter(lambda k: "," not in k and "\x00" not in k))
 @FUZZ
-def test_real_configs_encode_identically_and_round_trip(template, process, refresh, timeout):
+def test_real_configs_encode_identically_and_round_trip(template, process, refresh, timeout, key):
     cfg = AgentConfig(host="http://kms.hanzo.svc.cluster.local/api", project="p", env="prod",
-                      sources=[Source("/chat", "", ("K",))], templates={"app.conf": template}, refresh_interval=refresh,
-                      init_timeout=timeout, signal="SIGHUP" if process else "", signal_process=process)
+                      sources=[Source("/chat", "", (key,))], templates={"app.conf": template}, refresh_interval=refresh,
+                      init_timeout=timeout, command_timeout=timeout, signal="SIGHUP" if process else "", signal_process=process)
     d = cfg.to_dict()
-    assert dict_to_json(d) == _stdlib(d) == cfg.to_json()
+    assert dict_to_json(d) == config_to_json(d) == _stdlib(d) == cfg.to_json()
     assert AgentConfig.from_json(cfg.to_json()) == cfg
 
 

@@ -18,7 +18,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from injector.config import dict_to_json
+from injector.config import config_to_json
 
 from .annotations import AGENT_CA_DIR, AGENT_MOUNT_PATH, CA_FILE_NAME, PREFIX, ContainerFacts, Parsed, PodFacts
 from .settings import Settings
@@ -70,7 +70,7 @@ def volumes(parsed: Parsed, settings: Settings) -> tuple[list[dict[str, Any]], l
 def parts(parsed: Parsed, facts: PodFacts, settings: Settings, mounts: list[dict[str, Any]], warnings: list[str]) -> AgentParts:
     o = parsed.options
     config = parsed.config.to_dict()
-    return AgentParts(config, dict_to_json(config), mounts, security(parsed, facts, settings, warnings),
+    return AgentParts(config, config_to_json(config), mounts, security(parsed, facts, settings, warnings),
                       settings.agent.resources.to_k8s(o.cpu_request, o.memory_request))
 
 
@@ -134,7 +134,7 @@ def _health(c: dict[str, Any], port: int) -> None:
 
 def init_container(p: AgentParts, settings: Settings) -> dict[str, Any]:
     cfg = {**p.config, "mode": "init", "health_port": 0, "signal": "", "signal_process": "", "command": []}
-    return _container(AGENT_INIT, "init", dict_to_json(cfg), p, settings, own=False)
+    return _container(AGENT_INIT, "init", config_to_json(cfg), p, settings, own=False)
 
 
 def sidecar_container(p: AgentParts, parsed: Parsed, settings: Settings) -> dict[str, Any]:
