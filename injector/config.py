@@ -287,72 +287,55 @@ class AgentConfig:
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(AgentConfig))
 _FIELD_SET = frozenset(_FIELD_NAMES)
 _FLOAT_FIELDS = tuple(f.name for f in dataclasses.fields(AgentConfig) if f.type == "float")
-_encoders: list[Any] = []  # [stdlib encode, orjson dumps or None], made at the first use
+_stdlib_encode: Any = None  # json.JSONEncoder(...).encode, made at the first use
+FastDumps = Any  # Callable[[dict], bytes]: sorted keys, compact, UTF-8 (orjson.dumps with OPT_SORT_KEYS)
 
 
-def dict_to_json(data: dict[str, Any]) -> str:
+def dict_to_json(data: dict[str, Any], fast: FastDumps | None = None) -> str:
     """THE config JSON (compact, sorted keys, ASCII): AgentConfig.to_json's encoding, and the
-    webhook's for every agent container. One encoding, two ways to produce it: the stdlib's
-    encoder, or orjson (several times faster; the webhook has it, the agent image does not)
-    wherever orjson's bytes are the stdlib's, which tests/test_config_encoder.py checks."""
-    if not _encoders:
-        _make_encoders()
-    fast = _encoders[1]
+    webhook's for every agent container. One encoding, produced by the stdlib's encoder, or by
+    `fast` (the webhook passes orjson's sorted-keys dumps: several times faster; the agent, which
+    imports only the standard library, never does) wherever its bytes are the stdlib's: this
+    function decides where, so no caller has to mirror the rule (tests/test_config_encoder.py)."""
     if fast is not None and _orjson_safe(data):
-        try:
-            out = fast(data)
-        except (TypeError, ValueError):  # e.g. integers beyond 64 bits: the stdlib writes them
-            pass
-        else:
-            if out.isascii() and b"\x7f" not in out:
-                return out.decode("ascii")
-    return _encoders[0](data)
+        out = _fast_or_none(fast, data)
+        if out is not None:
+            return out
+    return dict_to_json_stdlib(data)
 
 
-def config_to_json(data: dict[str, Any]) -> str:
+def config_to_json(data: dict[str, Any], fast: FastDumps | None = None) -> str:
     """dict_to_json for a dict of AgentConfig.to_dict()'s shape (the webhook's hot path: two per
     pod): the same bytes, with a cheaper guard. validate() leaves strings only in the nested
     containers (sources, templates, command), so only the float fields need a look."""
-    if not _encoders:
-        _make_encoders()
-    fast = _encoders[1]
     if fast is not None:
         for name in _FLOAT_FIELDS:
             v = data.get(name, 1.0)
             if type(v) is float and not (1e-4 <= abs(v) < 1e16 or v == 0.0):
                 break
         else:
-            try:
-                out = fast(data)
-            except (TypeError, ValueError):
-                pass
-            else:
-                if out.isascii() and b"\x7f" not in out:
-                    return out.decode("ascii")
-    return _encoders[0](data)
+            out = _fast_or_none(fast, data)
+            if out is not None:
+                return out
+    return dict_to_json_stdlib(data)
 
 
 def dict_to_json_stdlib(data: dict[str, Any]) -> str:
-    """The stdlib path alone (for the test that both paths agree)."""
-    if not _encoders:
-        _make_encoders()
-    return _encoders[0](data)
+    global _stdlib_encode
+    if _stdlib_encode is None:
+        import json  # lazily: not every agent start needs an encoder
+
+        _stdlib_encode = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+    return _stdlib_encode(data)
 
 
-def _make_encoders() -> None:
-    import json  # lazily: not every agent start needs an encoder
-
-    stdlib = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+def _fast_or_none(fast: FastDumps, data: dict[str, Any]) -> str | None:
     try:
-        import orjson  # noqa: PLC0415 (optional: the webhook's extra; never on the agent's path)
-
-        option = orjson.OPT_SORT_KEYS
-
-        def fast(data: dict[str, Any]) -> bytes:
-            return orjson.dumps(data, option=option)
-    except ImportError:
-        fast = None  # type: ignore[assignment]
-    _encoders[:] = [stdlib, fast]
+        out = fast(data)
+    except (TypeError, ValueError):  # e.g. integers beyond 64 bits, which the stdlib writes
+        return None
+    # The stdlib escapes non-ASCII text and DEL as \uXXXX; orjson writes them raw.
+    return out.decode("ascii") if out.isascii() and b"\x7f" not in out else None
 
 
 _SCALARS = frozenset({str, int, bool, type(None)})

@@ -18,6 +18,8 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from injector.config import config_to_json
 
 from .annotations import AGENT_CA_DIR, AGENT_MOUNT_PATH, CA_FILE_NAME, PREFIX, ContainerFacts, Parsed, PodFacts
@@ -31,6 +33,11 @@ VOLUME_TOKEN = "kms-sa-token"
 VOLUME_CA = "kms-ca"
 OUR_CONTAINERS = (AGENT, AGENT_INIT)
 OUR_VOLUMES = (VOLUME_SECRETS, VOLUME_AUTH, VOLUME_TOKEN, VOLUME_CA)
+
+
+def _sorted_dumps(data: dict[str, Any], _dumps: Any = orjson.dumps, _option: int = orjson.OPT_SORT_KEYS) -> bytes:
+    # injector.config decides where these bytes may stand for the stdlib's; the agent has no orjson.
+    return _dumps(data, option=_option)
 
 
 @dataclass
@@ -70,7 +77,7 @@ def volumes(parsed: Parsed, settings: Settings) -> tuple[list[dict[str, Any]], l
 def parts(parsed: Parsed, facts: PodFacts, settings: Settings, mounts: list[dict[str, Any]], warnings: list[str]) -> AgentParts:
     o = parsed.options
     config = parsed.config.to_dict()
-    return AgentParts(config, config_to_json(config), mounts, security(parsed, facts, settings, warnings),
+    return AgentParts(config, config_to_json(config, _sorted_dumps), mounts, security(parsed, facts, settings, warnings),
                       settings.agent.resources.to_k8s(o.cpu_request, o.memory_request))
 
 
@@ -134,7 +141,7 @@ def _health(c: dict[str, Any], port: int) -> None:
 
 def init_container(p: AgentParts, settings: Settings) -> dict[str, Any]:
     cfg = {**p.config, "mode": "init", "health_port": 0, "signal": "", "signal_process": "", "command": []}
-    return _container(AGENT_INIT, "init", config_to_json(cfg), p, settings, own=False)
+    return _container(AGENT_INIT, "init", config_to_json(cfg, _sorted_dumps), p, settings, own=False)
 
 
 def sidecar_container(p: AgentParts, parsed: Parsed, settings: Settings) -> dict[str, Any]:
