@@ -108,27 +108,28 @@ def parse(annotations: dict, settings: Settings, pod: PodFacts) -> Parsed:
 
 def resolve(g: Given, settings: Settings, pod: PodFacts) -> Parsed:
     """The parsed annotations + settings + pod -> config and options: defaults and policy, once."""
+    v = g.values
     warnings = [f"{show_key(k)}: unknown annotation, ignored (see docs/annotations.md)" for k in g.unknown[:MAX_WARNINGS]]
-    mode = g.values.get("mode", "sidecar")
-    project, env = g.values.get("project", settings.project), g.values.get("env", settings.env)
+    mode = v.get("mode", "sidecar")
+    project, env = v.get("project", settings.project), v.get("env", settings.env)
     host = _host(g, settings, warnings)
     sources = _sources(g, settings, pod, project)
 
-    auth = g.values.get("auth", "universal")
+    auth = v.get("auth", "universal")
     identity_id, auth_secret = "", ""
     if auth == "kubernetes":
-        identity_id = g.values.get("identity-id", "")
+        identity_id = v.get("identity-id", "")
         if not identity_id:
             raise AnnotationError(PREFIX + "identity-id", None, f"it is required with {PREFIX}auth: kubernetes (the KMS machine identity id)")
-        if "auth-secret" in g.values:
+        if "auth-secret" in v:
             warnings.append(f"{PREFIX}auth-secret: ignored with {PREFIX}auth: kubernetes")
     else:
-        auth_secret = g.values.get("auth-secret", settings.auth_secret)
+        auth_secret = v.get("auth-secret", settings.auth_secret)
         # The Secret is a machine identity: policies decide which pods may mount which one (IAM's).
         reason = settings.check_auth_secret(pod.namespace, pod.service_account, auth_secret)
         if reason:
             raise AnnotationError(PREFIX + "auth-secret", auth_secret, reason, 403)
-        if "identity-id" in g.values:
+        if "identity-id" in v:
             warnings.append(f"{PREFIX}identity-id: ignored with {PREFIX}auth: universal")
     ca = _ca(g, settings, pod, host)
 
@@ -137,7 +138,7 @@ def resolve(g: Given, settings: Settings, pod: PodFacts) -> Parsed:
     res = settings.agent.resources
     cpu = _request(g, "agent-cpu", res.cpu_limit)
     memory = _request(g, "agent-memory", res.memory_limit)
-    health_port = 0 if mode == "init" else g.values.get("agent-health-port", settings.agent.health_port)
+    health_port = 0 if mode == "init" else v.get("agent-health-port", settings.agent.health_port)
     if health_port:
         for c in (*pod.containers, *pod.init_containers):
             if health_port in c.ports:
@@ -146,13 +147,13 @@ def resolve(g: Given, settings: Settings, pod: PodFacts) -> Parsed:
     try:
         config = AgentConfig(
             host=host, project=project, env=env, sources=sources, mode="init" if mode == "init" else "sidecar",
-            api=g.values.get("api", settings.api), auth=auth, identity_id=identity_id, mount_path=AGENT_MOUNT_PATH,
-            format=g.values.get("format", "files"), templates=g.templates,
-            file_mode=g.values.get("file-mode", 0o440 if pod.fs_group else 0o444),
-            refresh_interval=g.values.get("refresh-interval", settings.refresh_interval), init_timeout=g.values.get("init-timeout", 120.0),
-            events=g.values.get("events", True), signal=signal, signal_process=signal_process, command=command,
-            health_port=health_port, expand_references=g.values.get("expand-references", True),
-            allow_empty=g.values.get("allow-empty", False), organization_slug=g.values.get("organization-slug", settings.organization_slug),
+            api=v.get("api", settings.api), auth=auth, identity_id=identity_id, mount_path=AGENT_MOUNT_PATH,
+            format=v.get("format", "files"), templates=g.templates,
+            file_mode=v.get("file-mode", 0o440 if pod.fs_group else 0o444),
+            refresh_interval=v.get("refresh-interval", settings.refresh_interval), init_timeout=v.get("init-timeout", 120.0),
+            events=v.get("events", True), signal=signal, signal_process=signal_process, command=command,
+            health_port=health_port, expand_references=v.get("expand-references", True),
+            allow_empty=v.get("allow-empty", False), organization_slug=v.get("organization-slug", settings.organization_slug),
             ca_file=f"{AGENT_CA_DIR}/{CA_FILE_NAME}" if ca else "",
         )
     except ConfigError as exc:  # a check above should have caught it; still answer cleanly
@@ -160,7 +161,7 @@ def resolve(g: Given, settings: Settings, pod: PodFacts) -> Parsed:
         raise AnnotationError(annotation, None, exc.detail) from None
     options = Options(mode=mode, containers=selected, init_containers=selected_init, auth_secret=auth_secret,
                       cpu_request=cpu, memory_request=memory, health_port=health_port,
-                      app_mount_path=g.values.get("mount-path", settings.mount_path), ca=ca)
+                      app_mount_path=v.get("mount-path", settings.mount_path), ca=ca)
     return Parsed(config, options, warnings)
 
 
