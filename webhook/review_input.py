@@ -85,15 +85,16 @@ def review_input(body: Any) -> ReviewInput:
 
 
 def _unnamed(spec: dict) -> dict | None:
-    """spec with volume and mount names blanked, unless reserved by us; None on an odd shape."""
+    """spec with volume and mount names blanked, unless reserved by us; None on an odd shape
+    (exact types: JSON gives plain dicts and lists; anything else is answered unkeyed)."""
     out = dict(spec)
     volumes = spec.get("volumes")
     if volumes is not None:
-        if not isinstance(volumes, list):
+        if type(volumes) is not list:
             return None
         vs = []
         for v in volumes:
-            if not isinstance(v, dict):
+            if type(v) is not dict:
                 return None
             vs.append(v if v.get("name") in OUR_VOLUMES else {**v, "name": ""})
         out["volumes"] = vs
@@ -101,17 +102,22 @@ def _unnamed(spec: dict) -> dict | None:
         containers = spec.get(key)
         if containers is None:
             continue
-        if not isinstance(containers, list):
+        if type(containers) is not list:
             return None
         cs = []
         for c in containers:
-            if not isinstance(c, dict):
+            if type(c) is not dict:
                 return None
             mounts = c.get("volumeMounts")
             if mounts is not None:
-                if not isinstance(mounts, list) or not all(isinstance(m, dict) for m in mounts):
+                if type(mounts) is not list:
                     return None
-                c = {**c, "volumeMounts": [{**m, "name": ""} for m in mounts]}
+                ms = []
+                for m in mounts:
+                    if type(m) is not dict:
+                        return None
+                    ms.append({**m, "name": ""})
+                c = {**c, "volumeMounts": ms}
             cs.append(c)
         out[key] = cs
     return out
