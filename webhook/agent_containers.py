@@ -40,11 +40,11 @@ def _sorted_dumps(data: dict[str, Any], _dumps: Any = orjson.dumps, _option: int
     return _dumps(data, option=_option)
 
 
-@dataclass
+@dataclass(slots=True)
 class AgentParts:
     """What every agent container of one pod shares, built once per pod."""
 
-    config: dict[str, Any]  # AgentConfig.to_dict() of the sidecar/native agent
+    config: dict[str, Any]  # AgentConfig.to_dict() of the sidecar/native agent (init_container edits it)
     config_json: str
     mounts: list[dict[str, Any]]
     security: dict[str, Any]
@@ -140,7 +140,9 @@ def _health(c: dict[str, Any], port: int) -> None:
 
 
 def init_container(p: AgentParts, settings: Settings) -> dict[str, Any]:
-    cfg = {**p.config, "mode": "init", "health_port": 0, "signal": "", "signal_process": "", "command": []}
+    # The same dict, edited in place: the sidecar's JSON is already encoded (p.config_json).
+    cfg = p.config
+    cfg["mode"], cfg["health_port"], cfg["signal"], cfg["signal_process"], cfg["command"] = "init", 0, "", "", []
     return _container(AGENT_INIT, "init", config_to_json(cfg, _sorted_dumps), p, settings, own=False)
 
 
