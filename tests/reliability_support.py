@@ -33,7 +33,8 @@ SOAK = os.environ.get("KMS_SOAK", "") not in ("", "0")
 P = "kms.hanzo.ai/"
 STATUS = P + "status"
 OUR_CONTAINERS = ("kms-agent", "kms-agent-init")
-OUR_VOLUMES = ("kms-secrets", "kms-auth", "kms-sa-token")
+OUR_VOLUMES = ("kms-secrets", "kms-auth", "kms-sa-token", "kms-ca")
+AGENT_MOUNT_PATH = "/kms-agent/secrets"  # the agents' fixed mount of the secrets volume (issue 12 item 5)
 AGENT_ENV = {"KMS_AGENT_CONFIG", "KMS_POD_NAME", "KMS_POD_NAMESPACE"}
 FORBIDDEN_MOUNT_PREFIXES = ("/proc", "/sys", "/dev", "/etc", "/bin", "/sbin", "/lib", "/usr", "/var/run/secrets", "/kms/auth", "/kms/sa")
 _SECRET_MOUNT = re.compile(r"/spec/(containers|initContainers)/(\d+)/volumeMounts(/-)?")
@@ -60,6 +61,8 @@ def _check_volume(v: Any) -> None:
     elif v["name"] == "kms-auth":
         assert kind == "secret" and set(v["secret"]) <= {"secretName", "defaultMode"}, v
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", v["secret"]["secretName"]), v
+    elif v["name"] == "kms-ca":  # a CA bundle: one key, as ca.crt
+        assert kind in ("secret", "configMap") and v[kind]["items"] == [{"key": v[kind]["items"][0]["key"], "path": "ca.crt"}], v
     else:
         assert kind == "projected" and all(set(s) == {"serviceAccountToken"} for s in v["projected"]["sources"]), v
 
@@ -91,7 +94,7 @@ def _check_agent(c: Any, settings: Any, allowed_names: tuple[str, ...]) -> str:
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert set(mounts) <= set(OUR_VOLUMES) and "kms-secrets" in mounts, set(mounts)
     assert mounts["kms-secrets"]["mountPath"] == cfg.mount_path
-    for name in ("kms-auth", "kms-sa-token"):
+    for name in ("kms-auth", "kms-sa-token", "kms-ca"):
         if name in mounts:
             assert mounts[name].get("readOnly") is True
     for p in c.get("ports", []):
@@ -148,7 +151,8 @@ def check_patch_contract(pod: Mapping[str, Any], ops: list[dict[str, Any]], sett
     if ops:
         assert ops[0]["path"].startswith("/metadata"), "the status mark must come first"
         assert added_agents and len(added_agents) == len(set(added_agents)) <= 2, added_agents
-        assert len(agent_mounts) == 1 and app_mounts <= agent_mounts, (app_mounts, agent_mounts)
+        # The agents write at one fixed path; every app container sees the files at one mount path.
+        assert agent_mounts == {AGENT_MOUNT_PATH} and len(app_mounts) <= 1, (app_mounts, agent_mounts)
 
 
 # -- leaks ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 
 from injector.config import AgentConfig, Source
 from webhook.annotations import (
+    AGENT_MOUNT_PATH,
     AnnotationError,
     ContainerFacts,
     PodFacts,
@@ -46,7 +47,8 @@ def test_minimal_pod_gets_settings_defaults():
     assert (c.host, c.project, c.env) == ("http://kms.hanzo.svc.cluster.local/api", "secrets-639-c", "prod")
     assert c.sources == [Source("/chat")]
     assert (c.mode, c.auth, c.format, c.file_mode, c.refresh_interval, c.health_port) == ("sidecar", "universal", "files", 0o444, 60.0, 8099)
-    assert c.mount_path == "/kms/secrets" and c.signal == "" and c.command == []
+    # The app sees the files at its mount path; the agents write them at one fixed internal path.
+    assert p.options.app_mount_path == "/kms/secrets" and c.mount_path == AGENT_MOUNT_PATH and c.signal == "" and c.command == []
     o = p.options
     assert o.mode == "sidecar" and o.containers == ("chat", "proxy") and o.init_containers == ("migrate",)
     assert o.auth_secret == "universal-auth-credentials"
@@ -67,7 +69,8 @@ def test_every_annotation_is_parsed():
     assert c.sources == [Source("/chat"), Source("/shared", "shared")]
     assert (c.project, c.env, c.host, c.api) == ("hanzo-iam", "staging", "https://kms.hanzo.ai/api", "canonical")
     assert c.mode == "sidecar" and o.mode == "native"  # the native agent runs the sidecar loop
-    assert (c.refresh_interval, c.init_timeout, c.mount_path, c.format) == (300.0, 30.0, "/run/secrets/kms", "dotenv")
+    assert (c.refresh_interval, c.init_timeout, o.app_mount_path, c.format) == (300.0, 30.0, "/run/secrets/kms", "dotenv")
+    assert c.mount_path == AGENT_MOUNT_PATH
     assert c.templates == {"app.conf": "url=${DATABASE_URL}\n"}
     assert c.file_mode == 0o400 and c.events is False and c.health_port == 9099
     assert c.signal == "SIGHUP" and c.signal_process == "chat-server"  # basename of the first selected container's command

@@ -306,6 +306,28 @@ def test_hanzo_example_keeps_the_chart_defaults_it_does_not_override(tmp_path: P
     assert (s.host, s.project, s.env) == ("http://kms.hanzo.svc.cluster.local/api", "secrets-639-c", "prod")
 
 
+def test_ca_bundle_and_organization_slug_reach_the_settings(tmp_path: Path) -> None:
+    s = settings_of(render(), tmp_path)
+    assert s.ca_bundle == settings_mod.CABundle() and s.organization_slug == ""  # off by default
+    values = {"settings": {"host": "https://kms.internal.example/api", "organization_slug": "hanzo",
+                           "ca_bundle": {"config_map": "kms-ca", "key": "bundle.pem"},
+                           "path_policies": [{"namespaces": ["hanzo"], "projects": ["*"], "paths": ["/**"], "ca_secrets": ["team-ca"]}]}}
+    s = settings_of(render(values), tmp_path)
+    assert s.ca_bundle == settings_mod.CABundle(config_map="kms-ca", key="bundle.pem") and s.organization_slug == "hanzo"
+    assert s.check_ca_secret("hanzo", "chat", "team-ca") is None and s.check_ca_secret("hanzo", "chat", "other") is not None
+
+
+@pytest.mark.parametrize("ca_bundle,where", [
+    ({"config_map": "a", "secret": "b"}, "ca_bundle"),
+    ({"key": "a/b"}, "key"),
+    ({"configmap": "a"}, "configmap"),
+])
+def test_schema_refuses_a_bad_ca_bundle(chart, ca_bundle: dict[str, Any], where: str) -> None:
+    with pytest.raises(helm_python.HelmValuesError) as err:
+        chart.validate_schema({"settings": {"ca_bundle": ca_bundle}})
+    assert where in str(err.value)
+
+
 # -- Deployment ---------------------------------------------------------------------------------------
 def test_deployment_is_ha_and_hardened() -> None:
     objs = render()

@@ -18,6 +18,8 @@ from pathlib import Path
 import jsonpatch
 
 from devkms.server import run_dev_kms
+from injector.config import AgentConfig
+from webhook.annotations import AGENT_MOUNT_PATH
 from webhook.mutate import review
 from webhook.settings import settings_from_dict
 
@@ -29,14 +31,17 @@ FIXTURE = ROOT / "tests" / "fixtures" / "admission" / "deployment-pod-generatena
 _SCRIPT = Path(sys.executable).parent
 
 
-def _injected_pod(base_url: str, mount: Path) -> dict:
+APP_MOUNT = "/opt"
+
+
+def _injected_pod(base_url: str) -> dict:
     body = json.loads(FIXTURE.read_text())
     pod = body["request"]["object"]
     pod["metadata"]["annotations"] = {
         "kms.hanzo.ai/path": "/chat",
         "kms.hanzo.ai/project": PROJECT,
         "kms.hanzo.ai/env": ENV,
-        "kms.hanzo.ai/mount-path": str(mount),
+        "kms.hanzo.ai/mount-path": APP_MOUNT,
         "kms.hanzo.ai/refresh-interval": "5s",
         "kms.hanzo.ai/signal": "SIGHUP",
     }
@@ -47,10 +52,13 @@ def _injected_pod(base_url: str, mount: Path) -> dict:
     return jsonpatch.apply_patch(copy.deepcopy(pod), patch)
 
 
-def _argv_env(container: dict, creds: Path, *extra: str) -> tuple[list[str], dict[str, str]]:
+def _argv_env(container: dict, creds: Path, mount: Path, *extra: str) -> tuple[list[str], dict[str, str]]:
     command = container["command"]
     assert command == ["kms-injector"], command  # the agent image has it on PATH
-    argv = [str(_SCRIPT / command[0]), *container["args"], "--credentials-dir", str(creds), *extra]
+    # The agents mount the volume at one fixed path, never the app's (issue 12 item 5).
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["kms-secrets"] == AGENT_MOUNT_PATH and APP_MOUNT not in mounts.values(), mounts
+    argv = [str(_SCRIPT / command[0]), *container["args"], "--credentials-dir", str(creds), "--mount-path", str(mount), *extra]
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     return argv, env
 
@@ -59,19 +67,24 @@ async def test_injected_containers_run_as_written(tmp_path: Path) -> None:
     async with run_dev_kms(seed=seed()) as kms:
         mount, creds = tmp_path / "kms-secrets", tmp_path / "kms-auth"
         write_credentials(creds, CLIENT_ID, CLIENT_SECRET)
-        pod = _injected_pod(kms.base_url, mount)
+        pod = _injected_pod(kms.base_url)
         init = next(c for c in pod["spec"]["initContainers"] if c["name"] == "kms-agent-init")
         sidecar = next(c for c in pod["spec"]["containers"] if c["name"] == "kms-agent")
         assert pod["spec"]["initContainers"][0] is init  # ours first: later init containers can read secrets
+        app = next(c for c in pod["spec"]["containers"] if c["name"] == "commerce")
+        assert {"name": "kms-secrets", "mountPath": APP_MOUNT, "readOnly": True} in app["volumeMounts"]
 
-        argv, env = _argv_env(init, creds)
+        argv, env = _argv_env(init, creds, mount)
+        init_cfg = AgentConfig.from_json(env["KMS_AGENT_CONFIG"])
+        assert init_cfg.mount_path == AGENT_MOUNT_PATH and init_cfg.signal == "" and init_cfg.command == []
         proc = spawn(argv, tmp_path, "init", env)
         assert await proc.wait_exit(60) == 0, proc.stderr()
+        assert not proc.events("signal_no_process")  # the init container notifies nobody (issue 12 item 3)
         assert read_folder(mount)["DATABASE_URL"] == CHAT["DATABASE_URL"]
         assert (mount / "DATABASE_URL").stat().st_mode & 0o777 == 0o444
 
         port = free_port()
-        argv, env = _argv_env(sidecar, creds, "--health-port", str(port))
+        argv, env = _argv_env(sidecar, creds, mount, "--health-port", str(port))
         side = spawn(argv, tmp_path, "sidecar", env)
         try:
             await wait_for(lambda: side.events("first_sync"), 60, "sidecar first sync")

@@ -102,9 +102,14 @@ HOSTILE: dict[str, list[str]] = {
     "template-a/b": ["x"], "template-.env\x00": ["x"], "template-app.env": ["\x00", "x" * (33 * 1024)],
     "image": ["evil/agent:latest"], "agent-image": ["evil/agent:latest"], "image-pull-policy": ["Always"],
     "agent-image-pull-policy": ["Never"], "sidecar-image": ["evil/agent:latest"],
+    # issue 10 and 12 additions
+    "keys": ["", ",", " , ", "a/b", "a\x01b", "K\nL", TEN_KB], "keys-db": ["", "a/b"], "keys-ghost": ["A"], "keys-..": ["A"],
+    "expand-references": ["yes", "", "1", "false\x00"], "allow-empty": ["yes", "", "0"],
+    "organization-slug": ["a b", "../x", "", TEN_KB, "$(id)"],
+    "ca-secret": ["../x", "UPPER", "", TEN_KB, "unlisted-ca"],  # the last: no policy lists it (403)
 }
 # Annotations that only make sense with another one set (identity-id needs kubernetes auth, ...).
-CONTEXT = {"identity-id": {P + "auth": "kubernetes"}, "signal-process": {P + "signal": "SIGHUP"},
+CONTEXT = {"identity-id": {P + "auth": "kubernetes"}, "signal-process": {P + "signal": "SIGHUP"}, "keys-db": {P + "path-db": "/chat/db"},
            "command": {}, "signal": {}}
 HOSTILE["signal-process"] = ["/bin/sh", "a b", "$(id)", "", TEN_KB, "nginx\x00"]
 

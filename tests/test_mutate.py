@@ -112,7 +112,7 @@ def test_chat_pod_gets_init_first_sidecar_volumes_and_hardened_agents():
         assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and sc["allowPrivilegeEscalation"] is False
         assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
         mounts = {m["name"]: m for m in agent["volumeMounts"]}
-        assert mounts["kms-secrets"]["mountPath"] == "/kms/secrets" and not mounts["kms-secrets"].get("readOnly")
+        assert mounts["kms-secrets"]["mountPath"] == "/kms-agent/secrets" and not mounts["kms-secrets"].get("readOnly")
         assert mounts["kms-auth"] == {"name": "kms-auth", "mountPath": "/kms/auth", "readOnly": True}
         assert agent["resources"] == {"requests": {"cpu": "10m", "memory": "24Mi"}, "limits": {"memory": "64Mi"}}
     app_mounts = {m["name"]: m for m in apps["chat"]["volumeMounts"]}

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import string
 from pathlib import Path
@@ -15,8 +16,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from webhook.mutate import review
-from webhook.review_key import review_key
+from webhook.mutate import decide, review
+from webhook.review_input import ReviewInput, review_input
+from webhook.review_key import input_key, review_key
 from webhook.server import _envelope_error
 from webhook.settings import Settings
 
@@ -126,3 +128,33 @@ def test_fuzz_equal_keys_mean_equal_answers(body, which, data) -> None:
     if review_key(other, MAX) == review_key(body, MAX):
         settings = SETTINGS[which]
         assert _answer(other, settings) == _answer(body, settings)
+
+
+# -- sound by construction: one input decides and keys (issue 13 item 4) -----------------------------
+def _strip(r) -> tuple:
+    response = {**r.response, "response": {**r.response["response"], "uid": ""}}
+    return response, r.decision, r.message, list(r.warnings or ())
+
+
+@given(body=bodies(), which=st.integers(0, len(SETTINGS) - 1))
+@FUZZ
+def test_fuzz_review_decides_from_the_review_input_alone(body, which) -> None:
+    settings = SETTINGS[which]
+    inp = review_input(copy.deepcopy(body))
+    assert _strip(review(copy.deepcopy(body), settings)) == _strip(decide(inp, settings))
+
+
+def test_every_field_of_the_input_is_in_the_key() -> None:
+    doc = json.loads((FIXTURES / "deployment-pod-generatename-signal.json").read_text())
+    inp = review_input(doc)
+    key = input_key(inp, MAX)
+    assert key is not None and key == review_key(doc, MAX)
+    changed = {"api_version": "admission.k8s.io/v1beta1", "namespace": "other", "uid_ok": False,
+               "pod": {**inp.pod, "spec": {**inp.pod["spec"], "hostPID": True}}}
+    for name in ReviewInput.__slots__:
+        if name in changed:
+            other = input_key(dataclasses.replace(inp, **{name: changed[name]}), MAX)
+            assert other is not None and other != key, name
+    # Inputs that are not worth (or not safe for) a key get none.
+    for edit in ({"problem": "x"}, {"skip": "operation"}, {"ours": False}, {"exact": False}):
+        assert input_key(dataclasses.replace(inp, **edit), MAX) is None, edit

@@ -13,7 +13,7 @@ import sys
 from typing import Any, Iterator
 
 from .annotations import AnnotationError
-from .mutate import PodShapeError, mutate_pod
+from .pod_patch import PodShapeError, mutate_pod
 from .patch import PatchError, apply
 from .settings import Settings, SettingsError, load_settings
 

@@ -9,6 +9,10 @@ any, its service account) match. When one or more policies apply, every (project
 asks for must be allowed by at least one of them. When none applies, `default_policy` decides:
 `allow` (the default: no policy, no restriction) or `deny`.
 
+CA bundle: `ca_bundle` names a ConfigMap or a Secret (in each injected namespace, e.g. spread by
+trust-manager) whose `key` the agents trust for an https KMS host; a pod may name its own Secret
+with `kms.hanzo.ai/ca-secret` only when an applying policy lists it in `ca_secrets`.
+
 Auth Secrets: a policy may also list `auth_secrets` (names or `*` globs). When any applying policy
 lists them, the pod's auth Secret (annotation or default) must be in their union. Names in
 `protected_auth_secrets` (e.g. IAM's identity) are refused unless an applying policy lists that
@@ -17,7 +21,6 @@ exact name, whatever `default_policy` says and even for pods no policy applies t
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,8 +33,6 @@ from injector.config import (
     MIN_REFRESH_SECONDS,
     ConfigError,
     _check_host,
-    normalize_path,
-    parse_duration,
 )
 
 DEFAULT_HOST = "http://kms.hanzo.svc.cluster.local/api"
@@ -129,6 +130,8 @@ class PathPolicy:
     service_accounts: tuple[str, ...] = ()
     # Secrets the pod may mount as its Universal Auth identity; () = this policy does not restrict.
     auth_secrets: tuple[str, ...] = ()
+    # Secrets a pod may name as its CA bundle (kms.hanzo.ai/ca-secret); () = none.
+    ca_secrets: tuple[str, ...] = ()
 
     def applies_to(self, namespace: str, service_account: str) -> bool:
         if "*" not in self.namespaces and namespace not in self.namespaces:
@@ -139,6 +142,16 @@ class PathPolicy:
         if not any(_slug_match(p, project) for p in self.projects):
             return False
         return any(_path_regex(g).match(path) for g in self.paths)
+
+
+@dataclass(frozen=True)
+class CABundle:
+    """A CA bundle (PEM) the agents trust for https KMS hosts: a ConfigMap or a Secret of the pod's
+    namespace (at most one of them), mounted read-only into the agent containers only."""
+
+    config_map: str = ""
+    secret: str = ""
+    key: str = "ca.crt"
 
 
 @dataclass(frozen=True)
@@ -160,6 +173,8 @@ class Settings:
     default_policy: str = "allow"
     # Auth Secrets refused unless an applying policy lists the exact name (names or `*` globs here).
     protected_auth_secrets: tuple[str, ...] = ()
+    organization_slug: str = ""  # sent at login (Infisical API) unless kms.hanzo.ai/organization-slug
+    ca_bundle: CABundle = field(default_factory=CABundle)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -197,6 +212,16 @@ class Settings:
         if not listed or any(_slug_match(g, secret) for g in listed):
             return None
         return f"outside the path policy for {who} (allowed auth Secrets: {', '.join(listed)})"
+
+    def check_ca_secret(self, namespace: str, service_account: str, secret: str) -> str | None:
+        """None when an applying policy lists `secret` in ca_secrets, else why not (admission message)."""
+        matching = [p for p in self.path_policies if p.applies_to(namespace, service_account)]
+        listed = list(dict.fromkeys(g for p in matching for g in p.ca_secrets))
+        if any(_slug_match(g, secret) for g in listed):
+            return None
+        allowed = f"allowed: {', '.join(listed)}" if listed else "none is listed"
+        return (f"no path policy for namespace {namespace!r} service account {service_account!r} lists it in caSecrets "
+                f"({allowed}); ask the cluster operator, or rely on the settings' ca_bundle")
 
 
 # -- glob helpers ---------------------------------------------------------------------------------
@@ -300,6 +325,18 @@ def _validate(s: Settings) -> None:
                 raise SettingsError(f"{where}.paths[{j}]", f"{g!r} has characters a KMS path cannot have; use [A-Za-z0-9_.-], * and **")
         for j, a in enumerate(p.auth_secrets):
             _secret_glob(f"{where}.auth_secrets[{j}]", a)
+        for j, a in enumerate(p.ca_secrets):
+            _secret_glob(f"{where}.ca_secrets[{j}]", a)
+    if s.organization_slug and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", s.organization_slug):
+        raise SettingsError("organization_slug", f"{s.organization_slug!r} is not an organization slug ([A-Za-z0-9_.-], up to 64)")
+    b = s.ca_bundle
+    if b.config_map and b.secret:
+        raise SettingsError("ca_bundle", "set config_map or secret, not both")
+    for name in ("config_map", "secret"):
+        if getattr(b, name) and not _DNS_SUBDOMAIN.match(getattr(b, name)):
+            raise SettingsError(f"ca_bundle.{name}", f"{getattr(b, name)!r} is not a {name.replace('_', '')} name (lowercase DNS subdomain)")
+    if not re.fullmatch(r"[-._a-zA-Z0-9]{1,253}", b.key):
+        raise SettingsError("ca_bundle.key", f"{b.key!r} is not a ConfigMap/Secret key ([-._a-zA-Z0-9], e.g. ca.crt)")
     for i, a in enumerate(s.protected_auth_secrets):
         _secret_glob(f"protected_auth_secrets[{i}]", a)
         if _slug_match(a, s.auth_secret):
@@ -317,137 +354,9 @@ def _quantity(name: str, value: Any, required: bool) -> None:
         raise SettingsError(name, f"{value!r} is not a Kubernetes quantity such as 10m, 24Mi or 1Gi")
 
 
-# -- loading --------------------------------------------------------------------------------------
-def _snake(key: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])([A-Z])", lambda m: "_" + m.group(1).lower(), key)
+# The loader (YAML / dict -> Settings) lives in webhook/settings_load.py; re-exported here, where
+# every caller has always found it. Imported last: it builds the classes above.
+from .settings_load import load_settings, settings_from_dict  # noqa: E402
 
-
-def _mapping(data: Any, where: str, cls: type) -> dict[str, Any]:
-    """Normalise keys to snake_case and refuse unknown ones, naming them and the accepted set."""
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SettingsError(where or "(top level)", f"must be a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = _snake(str(key))
-        if name not in known:
-            prefix = f"{where}." if where else ""
-            raise SettingsError(f"{prefix}{key}", f"unknown setting; accepted: {', '.join(sorted(known))}")
-        out[name] = value
-    return out
-
-
-def _str(value: Any, where: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise SettingsError(where, f"{value!r} must be a string")
-    return str(value)
-
-
-def _int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SettingsError(where, f"{value!r} must be an integer")
-    return value
-
-
-def _strlist(value: Any, where: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list):
-        raise SettingsError(where, f"must be a list of strings, got {type(value).__name__}")
-    return tuple(_str(v, f"{where}[{i}]") for i, v in enumerate(value))
-
-
-def settings_from_dict(data: Any) -> Settings:
-    """A parsed YAML document -> Settings (defaults for whatever is missing)."""
-    top = _mapping(data, "", Settings)
-    kw: dict[str, Any] = {}
-    for name in ("host", "project", "env", "api", "mount_path", "auth_secret", "secrets_size_limit", "default_policy"):
-        if name in top:
-            kw[name] = _str(top[name], name)
-    if "refresh_interval" in top:
-        try:
-            kw["refresh_interval"] = parse_duration(top["refresh_interval"], "refresh_interval")
-        except ConfigError as exc:
-            raise SettingsError("refresh_interval", exc.detail) from None
-    if "mount_path" in kw:
-        try:
-            kw["mount_path"] = normalize_path(kw["mount_path"], "mount_path")
-        except ConfigError as exc:
-            raise SettingsError("mount_path", exc.detail) from None
-    for name in ("allowed_hosts", "excluded_namespaces", "protected_auth_secrets"):
-        if name in top:
-            kw[name] = _strlist(top[name] if top[name] is not None else [], name)
-    if "agent" in top:
-        a = _mapping(top["agent"], "agent", AgentSettings)
-        akw: dict[str, Any] = {}
-        for name in ("image", "image_pull_policy"):
-            if name in a:
-                akw[name] = _str(a[name], f"agent.{name}")
-        for name in ("health_port", "run_as_user", "run_as_group"):
-            if name in a:
-                akw[name] = _int(a[name], f"agent.{name}")
-        if "resources" in a:
-            akw["resources"] = _resources(a["resources"])
-        kw["agent"] = AgentSettings(**akw)
-    if "kubernetes_auth" in top:
-        k = _mapping(top["kubernetes_auth"], "kubernetes_auth", KubernetesAuthSettings)
-        kkw: dict[str, Any] = {}
-        if "audience" in k:
-            kkw["audience"] = _str(k["audience"], "kubernetes_auth.audience")
-        if "expiration_seconds" in k:
-            kkw["expiration_seconds"] = _int(k["expiration_seconds"], "kubernetes_auth.expiration_seconds")
-        kw["kubernetes_auth"] = KubernetesAuthSettings(**kkw)
-    if "path_policies" in top:
-        raw = top["path_policies"] or []
-        if not isinstance(raw, list):
-            raise SettingsError("path_policies", "must be a list of {namespaces, serviceAccounts, projects, paths, authSecrets}")
-        policies = []
-        for i, item in enumerate(raw):
-            p = _mapping(item, f"path_policies[{i}]", PathPolicy)
-            for req in ("namespaces", "projects", "paths"):
-                if req not in p:
-                    raise SettingsError(f"path_policies[{i}].{req}", "is required")
-            if "auth_secrets" in p and not p["auth_secrets"]:
-                # An empty list reads like "no Secret at all"; say so rather than guess.
-                raise SettingsError(f"path_policies[{i}].auth_secrets", "must list at least one Secret name or glob; "
-                                    "leave the key out to not restrict auth Secrets")
-            policies.append(PathPolicy(**{k: _strlist(v, f"path_policies[{i}].{k}") for k, v in p.items()}))
-        kw["path_policies"] = tuple(policies)
-    return Settings(**kw)
-
-
-def _resources(data: Any) -> Resources:
-    """Accept the Kubernetes shape {requests: {cpu, memory}, limits: {cpu, memory}}."""
-    if not isinstance(data, dict):
-        raise SettingsError("agent.resources", "must be {requests: {cpu, memory}, limits: {cpu, memory}}")
-    kw: dict[str, str] = {}
-    for part in data:
-        if part not in ("requests", "limits"):
-            raise SettingsError(f"agent.resources.{part}", "unknown; accepted: requests, limits")
-        section = data[part] or {}
-        if not isinstance(section, dict):
-            raise SettingsError(f"agent.resources.{part}", "must be a mapping of cpu/memory to quantities")
-        for kind, value in section.items():
-            if kind not in ("cpu", "memory"):
-                raise SettingsError(f"agent.resources.{part}.{kind}", "unknown; accepted: cpu, memory")
-            suffix = "request" if part == "requests" else "limit"
-            kw[f"{kind}_{suffix}"] = _str(value, f"agent.resources.{part}.{kind}")
-    return Resources(**kw)
-
-
-def load_settings(path: str) -> Settings:
-    """Read a settings YAML file. Errors name the file and the field."""
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except OSError as exc:
-        raise SettingsError("file", f"cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SettingsError("file", f"{path} is not valid YAML{where}") from None
-    return settings_from_dict(data if data is not None else {})
+__all__ = ["Settings", "SettingsError", "AgentSettings", "Resources", "KubernetesAuthSettings", "PathPolicy", "CABundle",
+           "parse_quantity", "load_settings", "settings_from_dict", "DEFAULT_HOST"]
