@@ -282,6 +282,7 @@ class Subscriber:
     paths: tuple[str, ...]
     state: RelayClientState
     log: ListLog
+    config: AgentConfig | None = None
     wakes: list[str] = field(default_factory=list)
     task: asyncio.Task | None = None
 
@@ -294,13 +295,16 @@ def agent_config(relay: RelayHarness, token_path: Path, paths: tuple[str, ...]) 
                        relay_url=relay.url, relay_ca=relay.ca_pem, relay_token_path=str(token_path))
 
 
-def subscribe(relay: RelayHarness, name: str, token: str, paths: tuple[str, ...], spread: float = 0.0) -> Subscriber:
+def subscribe(relay: RelayHarness, name: str, token: str, paths: tuple[str, ...], spread: float = 0.0,
+              host: str | None = None) -> Subscriber:
     token_path = relay.tmp / f"token-{name}"
     token_path.write_text(token)
     cfg = agent_config(relay, token_path, paths)
+    if host is not None:
+        cfg.host = host
     state = RelayClientState(spread=spread)
     state.backoff.base, state.backoff.cap = 0.2, 1.0
-    sub = Subscriber(name, paths, state, ListLog())
+    sub = Subscriber(name, paths, state, ListLog(), config=cfg)
     sub.task = asyncio.create_task(relay_trigger(cfg, sub.wakes.append, sub.log, state))
     return sub
 
