@@ -557,7 +557,7 @@ def write_section(text: str) -> None:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"fanout": []}
     if "fanout" in args.parts:
-        for events in (True, False):
+        for events in [m == "events" for m in args.fanout_modes.split(",")]:
             r = await fan_out(args, events)
             print(json.dumps(r), flush=True)
             res["fanout"].append(r)
@@ -585,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=float, default=60.0, help="seconds of the KMS-load window")
     p.add_argument("--rotations", type=int, default=100)
     p.add_argument("--parts", default="fanout,load,notice")
+    p.add_argument("--fanout-modes", default="events,poll", help="fan-out passes: events, poll or both")
     p.add_argument("--no-write", action="store_true", help="print only; leave bench/README.md alone")
     args = p.parse_args(argv)
     args.parts = args.parts.split(",")
