@@ -21,7 +21,9 @@ from injector.kms.events import EVENT_TYPES, SUBSCRIBE_PATH, SseParser
 
 IDLE_TIMEOUT = 75.0
 UNSUPPORTED_RETRY = 600.0
-UNSUPPORTED_STATUSES = (400, 404, 405, 422, 501)
+# 403: the identity lacks secret-events rights (or the plan has none): logging in again would not
+# help, and every login costs (KMS locks an identity after failed ones). Polling covers it.
+UNSUPPORTED_STATUSES = (400, 403, 404, 405, 422, 501)
 
 
 class ProjectStream:
@@ -73,7 +75,7 @@ class ProjectStream:
                 await asyncio.sleep(UNSUPPORTED_RETRY)
                 self.unsupported = False
                 continue
-            if isinstance(status, int) and status in (401, 403):
+            if status == 401:
                 client.tokens.invalidate()
             if was_connected:
                 backoff.reset()

@@ -27,6 +27,7 @@ SA_PREFIX = "system:serviceaccount:"
 POSITIVE_TTL = 60.0
 NEGATIVE_TTL = 5.0
 MAX_CACHE = 50_000
+MAX_INFLIGHT = 32  # reviews sent at once: a flood of made-up tokens must not flood the API server
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class TokenReviewer:
         self._api: Any = None
         self._cache: dict[str, tuple[float, PodIdentity | str]] = {}
         self._inflight: dict[str, asyncio.Future] = {}
+        self._sem = asyncio.Semaphore(MAX_INFLIGHT)
         self.reviews = 0  # requests sent (metrics, tests)
         self.cache_hits = 0
 
@@ -94,6 +96,10 @@ class TokenReviewer:
 
     async def _ask(self, token: str) -> PodIdentity | str:
         """A PodIdentity, or the reason the API server (or we) refused the token."""
+        async with self._sem:
+            return await self._ask_now(token)
+
+    async def _ask_now(self, token: str) -> PodIdentity | str:
         from kubernetes_asyncio.client.exceptions import ApiException  # noqa: PLC0415
 
         api = await self._client()
