@@ -140,3 +140,26 @@ async def test_a_kms_outage_keeps_the_streams_and_notices_resume(relay_env: Rela
         assert len(relay.proc.events("folder_check_failing")) == 1  # logged once, not per attempt
     finally:
         await stop_subscribers([sub])
+
+
+async def test_a_silent_relay_is_noticed_by_the_missing_heartbeats(relay_env: RelayHarness) -> None:
+    """SIGSTOP the relay: the socket stays open but nothing arrives; after three heartbeats (2 s
+    each here) the client gives up on the stream, then re-subscribes once the relay runs again."""
+    import signal
+
+    relay = relay_env
+    relay.start()
+    await relay.wait_ready()
+    sub = subscribe(relay, "shop", relay.kube.token_for("shop", "shop"), ("/shared",))
+    try:
+        await wait_for(lambda: sub.state.healthy, 30, "subscribed")
+        assert relay.proc is not None
+        relay.proc.popen.send_signal(signal.SIGSTOP)
+        try:
+            await wait_for(lambda: not sub.state.connected, 30, "the silence noticed")
+            assert any("no heartbeat" in r.get("error", "") for r in sub.log.records)
+        finally:
+            relay.proc.popen.send_signal(signal.SIGCONT)
+        await wait_for(lambda: sub.state.connects >= 2 and sub.state.healthy, 30, "re-subscribed")
+    finally:
+        await stop_subscribers([sub])
