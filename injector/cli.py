@@ -15,6 +15,7 @@ COMMANDS = {
     "inject": ("webhook.inject", "main", "mutate manifests offline, exactly as the webhook would"),
     "dev-server": ("devkms.cli", "main", "run a local KMS that speaks the KMS API"),
     "demo": ("devkms.demo", "main", "dev KMS + agent + example app: a rotation end to end"),
+    "relay": ("relay.server", "main", "run the change relay: watch KMS folders once, notify subscribed agents"),
 }
 
 

@@ -1,0 +1,392 @@
+"""`kms-injector relay`: the change relay over HTTPS (aiohttp).
+
+Endpoints:
+  POST /v1/watch   an agent's one long-lived SSE stream (contract: relay/protocol.py). The pod proves
+                   who it is with a projected service-account token (TokenReview, relay/tokenreview.py);
+                   the webhook's path policies (the same settings file) decide what it may watch.
+  GET  /healthz    the process answers
+  GET  /readyz     200 once settings are loaded and a real certificate is served, else 503 + reasons
+  GET  /metrics    Prometheus text (relay/metrics.py)
+
+Replicas are independent (no leader): each watches what its own subscribers ask for. A refused
+subscription gets 400 / 401 / 403 JSON naming what was wrong (the folder and the policy) and what is
+accepted; the KMS being down refuses nothing (the stream opens, notices resume when KMS is back).
+No secret value ever reaches this process's answers, logs or metrics: see relay/watch.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import asyncio.sslproto
+import gc
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from aiohttp import web
+
+from injector.log import Logger, get_logger
+from relay.metrics import RelayCounters, render
+from relay.protocol import HEARTBEAT, MAX_BODY, PING, SubscribeError, parse_subscription, sse
+from relay.tokenreview import ReviewUnavailable, TokenReviewer, Unauthenticated
+from relay.watch import Subscriber, Watcher
+from webhook.tls import CertReloader
+
+DEFAULT_AUDIENCE = "kms-relay.hanzo.ai"
+SSL_READ_BUFFER = 4096
+_JSON = "application/json"
+
+
+@dataclass
+class RelayState:
+    settings: Any  # webhook.settings.Settings
+    reloader: CertReloader
+    watcher: Watcher
+    reviewer: TokenReviewer
+    log: Logger
+    counters: RelayCounters = field(default_factory=RelayCounters)
+    heartbeat: float = HEARTBEAT
+    max_subscribers: int = 20_000
+    ready_wait: float = 10.0  # how long "subscribed" waits for a new folder's first check
+    shutting_down: bool = False
+    subscribers: set[Subscriber] = field(default_factory=set)
+    extra_not_ready: Callable[[], list[str]] | None = None
+
+    def not_ready_reasons(self) -> list[str]:
+        reasons = []
+        if self.settings is None:
+            reasons.append("settings not loaded")
+        if not self.reloader.loaded:
+            reasons.append("no serving certificate loaded yet")
+        if self.shutting_down:
+            reasons.append("shutting down")
+        if self.extra_not_ready:
+            reasons += self.extra_not_ready()
+        return reasons
+
+    def swap_settings(self, settings: Any) -> None:
+        """New settings for new subscriptions; open streams that the new policy refuses are closed
+        (their agents reconnect and are told why)."""
+        self.settings = settings
+        for sub in list(self.subscribers):
+            if any(_refusal(settings, sub.namespace, sub.service_account, f) for f in sub.folders):
+                self.log.info("subscriber_closed", namespace=sub.namespace, service_account=sub.service_account,
+                              reason="the new settings no longer allow one of its folders")
+                sub.push(None)
+
+
+def _error(status: int, error: str, message: str, **extra: Any) -> web.Response:
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return web.Response(status=status, text=json.dumps({"error": error, "message": message, **extra}),
+                        content_type=_JSON, headers=headers)
+
+
+def _refusal(settings: Any, namespace: str, service_account: str, folder: Any) -> str | None:
+    if not settings.host_allowed(folder.host):
+        return (f"host {folder.host!r} is not the settings' host nor on allowed_hosts; the relay watches only "
+                "KMS hosts the webhook would let a pod name")
+    return settings.check_path(namespace, service_account, folder.project, folder.path)
+
+
+def make_app(state: RelayState) -> web.Application:
+    log, counters, watcher = state.log, state.counters, state.watcher
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        if state.shutting_down:
+            counters.refuse("shutting_down")
+            return _error(503, "ServiceUnavailable", "this relay replica is shutting down; reconnect (another replica answers)")
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            counters.refuse("bad_request")
+            return _error(413, "PayloadTooLarge", f"body is {request.content_length} bytes; the limit is {MAX_BODY}")
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            counters.refuse("unauthenticated")
+            return _error(401, "Unauthorized", "send Authorization: Bearer <projected service-account token with "
+                          f"audience {state.reviewer.audience!r}>")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            counters.refuse("bad_request")
+            return _error(413, "PayloadTooLarge", f"body exceeds the limit of {MAX_BODY} bytes")
+        try:
+            folders = parse_subscription(body)
+        except SubscribeError as exc:
+            counters.refuse("bad_request")
+            return _error(400, "BadRequest", str(exc))
+        try:
+            who = await state.reviewer.review(token.strip())
+        except Unauthenticated as exc:
+            counters.refuse("unauthenticated")
+            log.info("subscribe_refused", status=401, reason=str(exc))
+            return _error(401, "Unauthorized", str(exc))
+        except ReviewUnavailable as exc:
+            counters.refuse("review_unavailable")
+            log.warning("token_review_unavailable", reason=str(exc))
+            return _error(503, "ServiceUnavailable", f"cannot check the token now ({exc}); retry")
+        settings = state.settings
+        for f in folders:
+            why = _refusal(settings, who.namespace, who.service_account, f)
+            if why is not None:
+                counters.refuse("forbidden")
+                log.info("subscribe_refused", status=403, namespace=who.namespace, service_account=who.service_account,
+                         folder=f.label(), host=f.host)
+                return _error(403, "Forbidden", f"service account {who.namespace}/{who.service_account} may not watch "
+                              f"{f.label()} on {f.host}", folder=f.to_json(), policy=why)
+        if watcher.subscribers >= state.max_subscribers:
+            counters.refuse("full")
+            return _error(503, "ServiceUnavailable", f"this replica holds {state.max_subscribers} subscribers; retry (another replica may answer)")
+
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        sub = Subscriber(who.namespace, who.service_account, folders)
+        fws = watcher.add(sub)
+        state.subscribers.add(sub)
+        counters.subscribes += 1
+        try:
+            # Wait for new folders' first check, so a change made after the agent's (re)fetch and
+            # before our baseline is not folded into the baseline unseen.
+            try:
+                async with asyncio.timeout(state.ready_wait):
+                    for fw in fws:
+                        await fw.ready.wait()
+            except TimeoutError:
+                pass
+            await resp.write(sse("subscribed", {"folders": [fw.status() for fw in fws], "heartbeat": state.heartbeat}))
+            queue, hb = sub.queue, state.heartbeat
+            while True:
+                try:
+                    async with asyncio.timeout(hb):
+                        frame = await queue.get()
+                except TimeoutError:
+                    frame = PING
+                if frame is None:  # closed by us (settings change, shutdown)
+                    break
+                await resp.write(frame)
+        except (ConnectionError, OSError, RuntimeError):  # the agent went away
+            pass
+        finally:
+            state.subscribers.discard(sub)
+            watcher.remove(sub)
+        return resp
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text='{"status":"ok"}', content_type=_JSON)
+
+    async def readyz(_: web.Request) -> web.Response:
+        reasons = state.not_ready_reasons()
+        if reasons:
+            return web.Response(status=503, text=json.dumps({"status": "not ready", "reasons": reasons}), content_type=_JSON)
+        return web.Response(text='{"status":"ready"}', content_type=_JSON)
+
+    async def metrics(_: web.Request) -> web.Response:
+        text = render(counters, watcher, state.reviewer, ready=not state.not_ready_reasons())
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+    async def wrong_method(request: web.Request) -> web.Response:
+        return _error(405, "MethodNotAllowed", f"{request.method} {request.path} is not supported; use POST /v1/watch")
+
+    app = web.Application(client_max_size=MAX_BODY)
+    app.router.add_post("/v1/watch", watch)
+    app.router.add_route("*", "/v1/watch", wrong_method)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+# --- command line --------------------------------------------------------------------------------
+
+def _duration(text: str) -> float:
+    from injector.config import ConfigError, parse_duration
+
+    try:
+        value = parse_duration(text, "duration")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above zero")
+    return value
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not accepted; use true or false")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="kms-injector relay",
+                                description="Run the change relay: watch each KMS folder once, notify the agents that subscribed.")
+    p.add_argument("--settings", help="the webhook's settings YAML (path policies, allowed hosts); built-in defaults when omitted")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=8443, help="HTTPS port (default 8443; 0 = any free port)")
+    p.add_argument("--tls-mode", choices=("files", "auto"), default="files",
+                   help="files: serve --tls-cert/--tls-key (cert-manager or Helm made them); auto: issue our own "
+                        "serving certificate from the webhook's self-managed CA (the Secret --tls-secret)")
+    p.add_argument("--tls-cert", help="PEM certificate file (files mode); reloaded when it changes")
+    p.add_argument("--tls-key", help="PEM private key file (files mode); reloaded when it changes")
+    p.add_argument("--tls-secret", default="kms-injector-tls", help="auto mode: the webhook's TLS Secret holding ca.crt/ca.key")
+    p.add_argument("--service", default="kms-injector-relay", help="auto mode: Service name the certificate is issued for")
+    p.add_argument("--namespace", default=None, help="auto mode: our namespace (default: POD_NAMESPACE, then the service account's)")
+    p.add_argument("--cert-dir", default="/var/run/kms-relay/tls", help="auto mode: writable dir for the served tls.crt/tls.key")
+    p.add_argument("--credentials-dir", default="/kms/auth",
+                   help="the relay's own machine identity: a dir with clientId and clientSecret files (default /kms/auth)")
+    p.add_argument("--api", choices=("auto", "infisical", "canonical"), default="auto", help="KMS API (default auto: detected)")
+    p.add_argument("--kms-ca-file", default=None, help="PEM bundle trusted for https KMS hosts")
+    p.add_argument("--poll-interval", type=_duration, default=2.0, help="folder check interval without events (default 2s)")
+    p.add_argument("--safety-interval", type=_duration, default=30.0,
+                   help="folder check interval while a KMS event stream is up (default 30s)")
+    p.add_argument("--read-values", type=_bool, default=True,
+                   help="true (default): where a change shows only in values, read them, keep a digest, drop them; "
+                        "false: leave such folders to the agents' own polling")
+    p.add_argument("--events", type=_bool, default=True, help="use KMS change-event streams where they work (default true)")
+    p.add_argument("--audience", default=DEFAULT_AUDIENCE, help=f"audience agents' projected tokens must carry (default {DEFAULT_AUDIENCE})")
+    p.add_argument("--heartbeat", type=_duration, default=HEARTBEAT, help=f"seconds between heartbeats (default {HEARTBEAT:g})")
+    p.add_argument("--max-subscribers", type=int, default=20_000, help="open streams per replica before 503 (default 20000)")
+    p.add_argument("--request-timeout", type=_duration, default=10.0, help="KMS request timeout (default 10s)")
+    p.add_argument("--shutdown-delay", type=float, default=0.0,
+                   help="seconds to keep serving (unready) after SIGTERM, so endpoints drop us first")
+    args = p.parse_args(argv)
+    if args.tls_mode == "files" and not (args.tls_cert and args.tls_key):
+        p.error("--tls-mode files needs --tls-cert FILE and --tls-key FILE (or use --tls-mode auto)")
+    if not args.audience or any(c.isspace() for c in args.audience):
+        p.error(f"--audience {args.audience!r} is not an audience (non-empty, no spaces)")
+    if args.namespace is None:
+        from webhook.server import default_namespace
+
+        args.namespace = default_namespace()
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        return asyncio.run(serve(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def serve(args: argparse.Namespace) -> int:
+    from injector.kms.auth import UniversalAuthFiles
+
+    log = get_logger("relay")
+    settings_reloader, settings = _load_settings(args.settings, log)
+    if settings is None:
+        return 2
+    counters = RelayCounters()
+
+    def on_reload(ok: bool) -> None:
+        counters.tls_reloads["ok" if ok else "failed"] += 1
+
+    if args.tls_mode == "auto":
+        cert_dir = Path(args.cert_dir)
+        try:
+            cert_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("cert_dir_unwritable", cert_dir=str(cert_dir), error=exc.strerror)
+            return 2
+        cert_path, key_path = cert_dir / "tls.crt", cert_dir / "tls.key"
+    else:
+        cert_path, key_path = Path(args.tls_cert), Path(args.tls_key)
+    reloader = CertReloader(cert_path, key_path, log=get_logger("relay.tls"), on_reload=on_reload)
+    reloader.load_now()
+
+    watcher = Watcher(credentials=UniversalAuthFiles(args.credentials_dir), api=args.api, poll_interval=args.poll_interval,
+                      safety_interval=args.safety_interval, read_values=args.read_values, events=args.events,
+                      log=get_logger("relay.watch"), request_timeout=args.request_timeout, ca_file=args.kms_ca_file)
+    reviewer = TokenReviewer(args.audience)
+    state = RelayState(settings=settings, reloader=reloader, watcher=watcher, reviewer=reviewer, log=log,
+                       counters=counters, heartbeat=args.heartbeat, max_subscribers=args.max_subscribers)
+    app = make_app(state)
+
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(reloader.watch(stop), name="tls-watch")]
+    if settings_reloader is not None:
+        settings_reloader.on_change = state.swap_settings
+        tasks.append(asyncio.create_task(settings_reloader.watch(stop), name="settings-watch"))
+    auto = None
+    if args.tls_mode == "auto":
+        from relay.autotls import RelayAutoTLS
+
+        auto = RelayAutoTLS(namespace=args.namespace, secret=args.tls_secret, service=args.service,
+                            cert_dir=Path(args.cert_dir), log=get_logger("relay.autotls"))
+        state.extra_not_ready = auto.not_ready_reasons
+        tasks.append(asyncio.create_task(auto.run(stop), name="auto-tls"))
+
+    # asyncio's TLS transport preallocates a max_size (256 KiB) read buffer per connection: 2.5 GiB
+    # for 10,000 idle subscribers that send ~1 KiB each. Reads of TLS records work at any size.
+    asyncio.sslproto.SSLProtocol.max_size = SSL_READ_BUFFER
+    # handler_cancellation: a subscriber that goes away ends its handler at once (its folders are
+    # dropped when nobody else watches them), not at the next heartbeat write.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port, ssl_context=reloader.server_context, backlog=4096)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("listen_failed", host=args.host, port=args.port, error=exc.strerror)
+        await runner.cleanup()
+        return 2
+    # Everything built so far lives as long as the process: keep it out of the collector's walks,
+    # and collect young objects less often (10,000 subscribers are ~10^6 live objects: a full
+    # collection in the middle of a fan-out delays every notice behind it).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else args.port  # type: ignore[union-attr]
+    log.info("listening", host=args.host, port=port, tls_mode=args.tls_mode, poll_interval=args.poll_interval,
+             read_values=args.read_values, events=args.events, audience=args.audience, pid=os.getpid(),
+             ready=not state.not_ready_reasons())
+
+    loop = asyncio.get_running_loop()
+    got_signal = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, got_signal.set)
+    await got_signal.wait()
+    state.shutting_down = True
+    log.info("shutting_down", delay=args.shutdown_delay, subscribers=watcher.subscribers)
+    if args.shutdown_delay > 0:
+        await asyncio.sleep(args.shutdown_delay)
+    for sub in list(state.subscribers):  # end the streams: agents reconnect to another replica
+        sub.push(None)
+    stop.set()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if auto is not None:
+        await auto.close()
+    await runner.cleanup()
+    await watcher.close()
+    await reviewer.close()
+    log.info("stopped")
+    return 0
+
+
+def _load_settings(path: str | None, log: Logger) -> tuple[Any, Any]:
+    """(reloader or None, Settings or None when invalid). The webhook's loader and hot reload."""
+    from webhook.metrics import Metrics
+    from webhook.settings import Settings
+    from webhook.settings_reload import SettingsReloader
+
+    if not path:
+        return None, Settings()
+    reloader = SettingsReloader(path, metrics=Metrics(), log=get_logger("relay.settings"))
+    try:
+        return reloader, reloader.load_now()
+    except (OSError, ValueError) as exc:  # SettingsError names the field and what is accepted
+        log.error("settings_invalid", path=path, error=str(exc))
+        print(f"kms-injector relay: {exc}", file=sys.stderr)
+        return None, None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))
