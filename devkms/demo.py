@@ -360,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt  # same clean-up path as Ctrl-C
 
     signal.signal(signal.SIGTERM, on_term)
+    # Started from a background job (`make test &`), SIGINT arrives ignored and Python then keeps
+    # it ignored: Ctrl-C (or a test's SIGINT) would be lost and the demo would run to the end.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     t0 = time.monotonic()
     print("kms-injector demo: KMS -> files -> app, and a rotation without a restart\n", flush=True)
     try:
