@@ -148,14 +148,15 @@ def _build_patch(pod: dict, spec: dict, meta: dict, parsed: Parsed, facts: PodFa
                 ops.append(_append(f"/spec/{key}/{i}/volumeMounts", c.get("volumeMounts"), app_mount))
 
     # 3. Volumes.
-    volumes, mounts = agents.volumes(parsed, settings)
+    relay = agents.relayed(parsed, facts, settings)
+    volumes, mounts = agents.volumes(parsed, settings, relay)
     if spec.get("volumes") is None:
         ops.append({"op": "add", "path": "/spec/volumes", "value": volumes})
     else:
         ops.extend({"op": "add", "path": "/spec/volumes/-", "value": v} for v in volumes)
 
     # 4. Agent containers: the config is serialised once per kind from one to_dict().
-    p = agents.parts(parsed, facts, settings, mounts, warnings)
+    p = agents.parts(parsed, facts, settings, mounts, warnings, relay)
     first = agents.native_container(p, parsed, settings) if o.mode == "native" else agents.init_container(p, settings)
     if spec.get("initContainers") is None:
         ops.append({"op": "add", "path": "/spec/initContainers", "value": [first]})
