@@ -380,3 +380,32 @@ def test_helm_mode_agent_config_verifies_the_rendered_relay(tmp_path: Path) -> N
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_host_network_pod_is_warned_that_it_cannot_resolve_the_relay() -> None:
+    body = load("pod-annotated-chat.json")
+    body["request"]["object"]["spec"]["hostNetwork"] = True
+    relayed = review(body, settings_from_dict({"relay": RELAY}))
+    assert relayed.decision == "injected"
+    assert any("change relay kms-injector-relay.kms-injector.svc" in w and "ClusterFirstWithHostNet" in w for w in relayed.warnings), relayed.warnings
+    assert not any("change relay" in w for w in review(body, Settings()).warnings)
+    body["request"]["object"]["spec"]["dnsPolicy"] = "ClusterFirstWithHostNet"
+    assert not any("change relay" in w for w in review(body, settings_from_dict({"relay": RELAY})).warnings)
+
+
+@pytest.mark.parametrize("values, where", [
+    ({"relay": {"enabled": True, "pollFactor": 0}}, "pollFactor"),
+    ({"relay": {"enabled": True, "pollFactor": "10"}}, "pollFactor"),
+    ({"settings": {"relay": {"urll": URL}}}, "urll"),
+    ({"settings": {"relay": {"url": "http://relay.example"}}}, "url"),
+    ({"settings": {"relay": {"pollFactor": 5}}}, "pollFactor"),  # settings keys are snake_case in values
+    ({"settings": {"relay": {"ca": "x", "ca_file": "relay-ca.crt"}}}, "relay"),
+])
+def test_chart_schema_refuses_bad_relay_values(values: dict, where: str) -> None:
+    import helm_python
+
+    from .test_chart import CHART, NAMESPACE, RELEASE
+
+    with helm_python.Chart.load(CHART) as c, pytest.raises(Exception) as exc:
+        c.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    assert where in str(exc.value), str(exc.value)
