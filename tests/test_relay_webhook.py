@@ -9,6 +9,7 @@ rendered by real Helm and its relay Secret verified by the agent's own TLS conte
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -28,6 +29,8 @@ from injector.config import AgentConfig
 from webhook import certs
 from webhook.mutate import review
 from webhook.settings import RELAY_TOKEN_PATH, Settings, SettingsError, load_settings, settings_from_dict
+
+from tests.test_relay import AUDIENCE, SETTINGS, ListLog, RelayHarness, relay_env  # noqa: F401 (fixture)
 
 from .podcheck import apply_patch, decode_patch, validate_pod
 from .test_settings_reload import metric, poll, write_configmap
@@ -409,3 +412,62 @@ def test_chart_schema_refuses_bad_relay_values(values: dict, where: str) -> None
     with helm_python.Chart.load(CHART) as c, pytest.raises(Exception) as exc:
         c.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
     assert where in str(exc.value), str(exc.value)
+
+
+# -- end to end: the AgentConfig the webhook writes subscribes to the real relay -------------------------
+async def test_the_webhooks_agent_config_subscribes_to_the_real_relay_and_gets_the_rotation(relay_env: RelayHarness) -> None:
+    """One settings file for both processes (its relay block naming the relay, its CA as a file
+    next to it): the webhook mutates a pod of `chat`; the sidecar's AgentConfig, with the projected
+    token where kubelet would put it, drives the agent's relay client (injector.relay_client) against
+    the real `kms-injector relay` (TokenReview by the stand-in API server); a rotation of the pod's
+    folder wakes it. A pod of `shop` (not in relay.namespaces) gets no relay at all."""
+    from injector.relay_client import RelayClientState, relay_trigger
+
+    relay = relay_env
+    (relay.tmp / "relay-ca.crt").write_text(relay.ca_pem)
+    text = SETTINGS.format(host=relay.kms.base_url) + yaml.safe_dump(
+        {"relay": {"url": relay.url, "caFile": "relay-ca.crt", "audience": AUDIENCE, "namespaces": ["chat"]}})
+    (relay.tmp / "settings.yaml").write_text(text)
+    settings = load_settings(str(relay.tmp / "settings.yaml"))
+    assert settings.relay.active and settings.relay.ca == relay.ca_pem
+    relay.start()
+    await relay.wait_ready()
+
+    def pod_review(ns: str, sa: str, path: str) -> dict:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": f"{sa}-", "namespace": ns,
+                                                              "annotations": {P + "inject": "true", P + "path": path}},
+               "spec": {"serviceAccountName": sa, "containers": [{"name": sa, "image": f"ghcr.io/example/{sa}:1"}]}}
+        return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "7c0a4b0e-0000-4000-8000-000000000001", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"}, "namespace": ns, "operation": "CREATE",
+            "object": pod}}
+
+    shop = mutated(pod_review("shop", "shop", "/shared"), settings)
+    assert config_of(agents(shop)["kms-agent"]).relay_url == "" and "kms-relay-token" not in json.dumps(shop)
+
+    pod = mutated(pod_review("chat", "chat", "/app"), settings)
+    cfg = config_of(agents(pod)["kms-agent"])
+    (vol,) = [v for v in pod["spec"]["volumes"] if v["name"] == "kms-relay-token"]
+    assert vol["projected"]["sources"][0]["serviceAccountToken"]["audience"] == AUDIENCE
+    assert cfg.relay_url == relay.url and cfg.relay_token_path == RELAY_TOKEN_PATH
+    token_file = relay.tmp / "projected" / "token"  # kubelet's projection of kms-relay-token, here
+    token_file.parent.mkdir()
+    token_file.write_text(relay.kube.token_for("chat", "chat"))
+    cfg.relay_token_path = str(token_file)
+    state, log, wakes = RelayClientState(spread=0.0), ListLog(), []
+    task = asyncio.create_task(relay_trigger(cfg, wakes.append, log, state))
+    try:
+        await wait_until(lambda: state.healthy, "the sidecar's relay stream subscribed and watched")
+        assert wakes == ["relay: subscribed"] and cfg.relay_poll_factor == 10.0
+        relay.kms.rotate("/app")
+        await wait_until(lambda: "relay: /app" in wakes, "the rotation of /app to wake the agent")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def wait_until(cond, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        await asyncio.sleep(0.05)
