@@ -38,7 +38,8 @@ from .test_settings_reload import metric, poll, write_configmap
 FIXTURES = Path(__file__).parent / "fixtures" / "admission"
 P = "kms.hanzo.ai/"
 URL = "https://kms-injector-relay.kms-injector.svc:443"
-CA_PEM = certs.generate_ca("test-relay-ca").cert_pem.decode()
+_CA = certs.generate_ca("test-relay-ca")
+CA_PEM, CA_KEY = _CA.cert_pem.decode(), _CA.key_pem.decode()
 RELAY = {"url": URL, "ca": CA_PEM, "audience": "relay.test", "pollFactor": 4}
 
 
@@ -108,6 +109,7 @@ def test_relay_block_in_camel_and_snake_case() -> None:
     ({"url": URL, "ca": "not a pem"}, "relay.ca", "PEM"),
     ({"url": URL, "ca": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}, "relay.ca", "PEM"),
     ({"url": URL, "ca": CA_PEM * 200}, "relay.ca", "at most"),
+    ({"url": URL, "ca": CA_PEM + CA_KEY}, "relay.ca", "private key"),
     ({"url": URL, "ca": CA_PEM, "caFile": "/etc/ca.crt"}, "relay.ca", "not both"),
     ({"url": URL, "urll": URL}, "relay.urll", "accepted: "),
     ({"url": URL, "problem": "x"}, "relay.problem", "set by the webhook"),
@@ -119,7 +121,7 @@ def test_bad_relay_settings_are_refused_naming_the_field(relay: dict, field: str
         settings_from_dict({"relay": relay})
     assert exc.value.field == field, str(exc.value)
     assert says in exc.value.detail, str(exc.value)
-    assert CA_PEM[40:80] not in str(exc.value)  # the bundle is not quoted back
+    assert CA_PEM[40:80] not in str(exc.value) and CA_KEY[40:80] not in str(exc.value)  # the bundle is not quoted back
 
 
 def test_ca_file_is_read_relative_to_the_settings_file_and_a_missing_one_turns_the_relay_off(tmp_path: Path) -> None:

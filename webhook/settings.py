@@ -422,6 +422,8 @@ def check_relay_ca(name: str, pem: str) -> None:
 
     if len(pem.encode("utf-8", "replace")) > MAX_RELAY_CA_BYTES:
         raise SettingsError(name, f"the CA bundle is {len(pem)} bytes; at most {MAX_RELAY_CA_BYTES} (it travels in every pod's env)")
+    if "PRIVATE KEY" in pem:  # e.g. a whole tls Secret pasted: a key must never reach every pod's env
+        raise SettingsError(name, "contains a private key; give the CA certificate only (ca.crt, never a key)")
     if "-----BEGIN CERTIFICATE-----" not in pem or not pem.isascii():
         raise SettingsError(name, "is not a PEM CA certificate (-----BEGIN CERTIFICATE----- ...)")
     try:

@@ -14,6 +14,7 @@ from typing import Any
 from injector.config import ConfigError, normalize_path, parse_duration
 
 from .settings import (
+    MAX_RELAY_CA_BYTES,
     AgentSettings,
     CABundle,
     KubernetesAuthSettings,
@@ -23,7 +24,6 @@ from .settings import (
     Settings,
     SettingsError,
 )
-from .settings import MAX_RELAY_CA_BYTES
 
 
 def _snake(key: str) -> str:
