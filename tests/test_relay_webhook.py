@@ -473,3 +473,12 @@ async def wait_until(cond, what: str, timeout: float = 30.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
         await asyncio.sleep(0.05)
+
+
+def test_notes_say_the_relay_is_on_and_where() -> None:
+    from .test_chart import _render
+
+    on = dict(_render(json.dumps({"relay": {"enabled": True}}), "kms-injector", "kms-injector"))["kms-injector/templates/NOTES.txt"]
+    off = dict(_render(json.dumps({}), "kms-injector", "kms-injector"))["kms-injector/templates/NOTES.txt"]
+    assert URL in on and "kms-relay-auth" in on and "relay_not_injected" in on
+    assert "Change relay" not in off
