@@ -35,7 +35,7 @@ def check_pod_spec(spec: dict[str, Any]) -> None:
         assert len(paths) == len(set(paths)), f"{c['name']}: duplicate mount paths {paths}"
         for m in c.get("volumeMounts") or []:
             assert m["name"] in volumes, f"{c['name']} mounts unknown volume {m['name']}"
-            if m["name"] in ("kms-auth", "kms-sa-token", "kms-ca"):  # credentials and trust: agents only
+            if m["name"] in ("kms-auth", "kms-sa-token", "kms-ca", "kms-relay-token"):  # credentials and trust: agents only
                 assert c["name"] in ("kms-agent", "kms-agent-init"), f"credentials mounted into app container {c['name']}"
             if m["name"] == "kms-secrets" and c["name"] not in ("kms-agent", "kms-agent-init"):
                 assert m.get("readOnly") is True

@@ -33,7 +33,7 @@ SOAK = os.environ.get("KMS_SOAK", "") not in ("", "0")
 P = "kms.hanzo.ai/"
 STATUS = P + "status"
 OUR_CONTAINERS = ("kms-agent", "kms-agent-init")
-OUR_VOLUMES = ("kms-secrets", "kms-auth", "kms-sa-token", "kms-ca")
+OUR_VOLUMES = ("kms-secrets", "kms-auth", "kms-sa-token", "kms-ca", "kms-relay-token")
 AGENT_MOUNT_PATH = "/kms-agent/secrets"  # the agents' fixed mount of the secrets volume (issue 12 item 5)
 AGENT_ENV = {"KMS_AGENT_CONFIG", "KMS_POD_NAME", "KMS_POD_NAMESPACE"}
 FORBIDDEN_MOUNT_PREFIXES = ("/proc", "/sys", "/dev", "/etc", "/bin", "/sbin", "/lib", "/usr", "/var/run/secrets", "/kms/auth", "/kms/sa")
@@ -94,9 +94,15 @@ def _check_agent(c: Any, settings: Any, allowed_names: tuple[str, ...]) -> str:
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert set(mounts) <= set(OUR_VOLUMES) and "kms-secrets" in mounts, set(mounts)
     assert mounts["kms-secrets"]["mountPath"] == cfg.mount_path
-    for name in ("kms-auth", "kms-sa-token", "kms-ca"):
+    for name in ("kms-auth", "kms-sa-token", "kms-ca", "kms-relay-token"):
         if name in mounts:
             assert mounts[name].get("readOnly") is True
+    # The relay token: only the refreshing agent subscribes, and its config says where the token is.
+    if "kms-relay-token" in mounts:
+        assert c["name"] == "kms-agent" and cfg.mode == "sidecar" and cfg.relay_url.startswith("https://"), c["name"]
+        assert cfg.relay_token_path == mounts["kms-relay-token"]["mountPath"] + "/token", cfg.relay_token_path
+    else:
+        assert cfg.relay_url == "" and cfg.relay_ca == "", "relay fields without the relay token"
     for p in c.get("ports", []):
         assert set(p) <= {"containerPort", "protocol"} and "hostPort" not in p, p
     return cfg.mount_path

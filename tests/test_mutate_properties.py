@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from webhook.annotations import AnnotationError, ContainerFacts, PodFacts, parse
 from webhook.mutate import review
+from webhook import certs
 from webhook.settings import Settings, settings_from_dict
 
 from .podcheck import K8S_VERSION, check_pod_spec, decode_patch
@@ -27,6 +28,9 @@ SETTINGS = [
     Settings(),
     settings_from_dict({"allowed_hosts": ["https://kms.hanzo.ai/api"], "default_policy": "deny", "path_policies": [
         {"namespaces": ["hanzo"], "projects": ["secrets-639-c"], "paths": ["/chat/**", "/*/db"]}]}),
+    # The change relay configured (issue 11): relayed pods stay valid too.
+    settings_from_dict({"relay": {"url": "https://kms-injector-relay.kms-injector.svc:443",
+                                  "ca": certs.generate_ca("fuzz-relay-ca").cert_pem.decode(), "namespaces": ["hanzo"]}}),
 ]
 
 KEYS = ["inject", "status", "path", "path-db", "path-../x", "project", "env", "host", "api", "auth", "auth-secret",

@@ -10,6 +10,12 @@
 All share the image, env (the AgentConfig as JSON, the pod's name and namespace), resources,
 security context and mounts: the secrets volume at one fixed internal path (never the app's
 mount path), the credentials and the CA bundle read-only.
+
+Change relay (settings `relay`, pod's namespace in `relay.namespaces`, mode sidecar or native):
+the refreshing agent's config gets relay_url/relay_ca/relay_token_path/relay_poll_factor and it
+alone mounts the projected token `kms-relay-token` (audience: the relay). The init container
+neither subscribes nor gets the token or the CA: it fetches once and exits, and least privilege
+keeps a credential out of a container that has no use for it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import orjson
 from injector.config import config_to_json
 
 from .annotations import AGENT_CA_DIR, AGENT_MOUNT_PATH, CA_FILE_NAME, PREFIX, ContainerFacts, Parsed, PodFacts
-from .settings import Settings
+from .settings import RELAY_TOKEN_DIR, Settings
 
 AGENT = "kms-agent"
 AGENT_INIT = "kms-agent-init"
@@ -31,8 +37,10 @@ VOLUME_SECRETS = "kms-secrets"
 VOLUME_AUTH = "kms-auth"
 VOLUME_TOKEN = "kms-sa-token"
 VOLUME_CA = "kms-ca"
+VOLUME_RELAY_TOKEN = "kms-relay-token"
 OUR_CONTAINERS = (AGENT, AGENT_INIT)
-OUR_VOLUMES = (VOLUME_SECRETS, VOLUME_AUTH, VOLUME_TOKEN, VOLUME_CA)
+OUR_VOLUMES = (VOLUME_SECRETS, VOLUME_AUTH, VOLUME_TOKEN, VOLUME_CA, VOLUME_RELAY_TOKEN)
+_RELAY_OFF = {"relay_url": "", "relay_ca": "", "relay_token_path": ""}
 
 
 def _sorted_dumps(data: dict[str, Any], _dumps: Any = orjson.dumps, _option: int = orjson.OPT_SORT_KEYS) -> bytes:
@@ -46,13 +54,20 @@ class AgentParts:
 
     config: dict[str, Any]  # AgentConfig.to_dict() of the sidecar/native agent (init_container edits it)
     config_json: str
-    mounts: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]  # every agent container's
+    relay_mounts: list[dict[str, Any]]  # the sidecar/native agent's: mounts + the relay token, or mounts itself
     security: dict[str, Any]
     resources: dict[str, dict[str, str]]
 
 
-def volumes(parsed: Parsed, settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(pod volumes to add, the agents' mounts of them)."""
+def relayed(parsed: Parsed, facts: PodFacts, settings: Settings) -> bool:
+    """Whether this pod's refreshing agent subscribes to the change relay (init mode: no such agent)."""
+    return parsed.options.mode != "init" and settings.relay.applies_to(facts.namespace)
+
+
+def volumes(parsed: Parsed, settings: Settings, relay: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pod volumes to add, the agents' mounts of them). With `relay`, the relay token volume is
+    added too; its mount is not in the list (only the refreshing agent gets it: parts())."""
     cfg, o = parsed.config, parsed.options
     vols: list[dict[str, Any]] = [
         {"name": VOLUME_SECRETS, "emptyDir": {"medium": "Memory", "sizeLimit": settings.secrets_size_limit}}]
@@ -71,14 +86,22 @@ def volumes(parsed: Parsed, settings: Settings) -> tuple[list[dict[str, Any]], l
                   else {"secret": {"secretName": o.ca.name, "items": items, "defaultMode": 0o444}})
         vols.append({"name": VOLUME_CA, **source})
         mounts.append({"name": VOLUME_CA, "mountPath": AGENT_CA_DIR, "readOnly": True})
+    if relay:
+        vols.append({"name": VOLUME_RELAY_TOKEN, "projected": {"defaultMode": 0o444, "sources": [
+            {"serviceAccountToken": dict(settings.relay.token_volume)}]}})
     return vols, mounts
 
 
-def parts(parsed: Parsed, facts: PodFacts, settings: Settings, mounts: list[dict[str, Any]], warnings: list[str]) -> AgentParts:
+def parts(parsed: Parsed, facts: PodFacts, settings: Settings, mounts: list[dict[str, Any]], warnings: list[str],
+          relay: bool = False) -> AgentParts:
     o = parsed.options
     config = parsed.config.to_dict()
-    return AgentParts(config, config_to_json(config, _sorted_dumps), mounts, security(parsed, facts, settings, warnings),
-                      settings.agent.resources.to_k8s(o.cpu_request, o.memory_request))
+    relay_mounts = mounts
+    if relay:
+        config.update(settings.relay.config_fields)  # built once per settings load
+        relay_mounts = [*mounts, {"name": VOLUME_RELAY_TOKEN, "mountPath": RELAY_TOKEN_DIR, "readOnly": True}]
+    return AgentParts(config, config_to_json(config, _sorted_dumps), mounts, relay_mounts,
+                      security(parsed, facts, settings, warnings), settings.agent.resources.to_k8s(o.cpu_request, o.memory_request))
 
 
 def security(parsed: Parsed, facts: PodFacts, settings: Settings, warnings: list[str]) -> dict[str, Any]:
@@ -113,8 +136,10 @@ def security(parsed: Parsed, facts: PodFacts, settings: Settings, warnings: list
     }
 
 
-def _container(name: str, mode_arg: str, cfg_json: str, p: AgentParts, settings: Settings, own: bool) -> dict[str, Any]:
+def _container(name: str, mode_arg: str, cfg_json: str, p: AgentParts, settings: Settings, own: bool,
+               mounts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     # `own`: a second container of the pod gets its own mounts/resources dicts, never shared ones.
+    mounts = p.mounts if mounts is None else mounts
     return {
         "name": name,
         "image": settings.agent.image,
@@ -128,7 +153,7 @@ def _container(name: str, mode_arg: str, cfg_json: str, p: AgentParts, settings:
         ],
         "resources": {k: dict(v) for k, v in p.resources.items()} if own else p.resources,
         "securityContext": p.security,
-        "volumeMounts": [dict(m) for m in p.mounts] if own else p.mounts,
+        "volumeMounts": [dict(m) for m in mounts] if own else mounts,
         # Init failures print one line naming what failed; show it in `kubectl describe`.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -143,18 +168,20 @@ def init_container(p: AgentParts, settings: Settings) -> dict[str, Any]:
     # The same dict, edited in place: the sidecar's JSON is already encoded (p.config_json).
     cfg = p.config
     cfg["mode"], cfg["health_port"], cfg["signal"], cfg["signal_process"], cfg["command"] = "init", 0, "", "", []
+    if cfg["relay_url"]:  # it never subscribes: no relay, no PEM in its env
+        cfg.update(_RELAY_OFF)
     return _container(AGENT_INIT, "init", config_to_json(cfg, _sorted_dumps), p, settings, own=False)
 
 
 def sidecar_container(p: AgentParts, parsed: Parsed, settings: Settings) -> dict[str, Any]:
-    c = _container(AGENT, "sidecar", p.config_json, p, settings, own=True)
+    c = _container(AGENT, "sidecar", p.config_json, p, settings, own=True, mounts=p.relay_mounts)
     if parsed.options.health_port:
         _health(c, parsed.options.health_port)
     return c
 
 
 def native_container(p: AgentParts, parsed: Parsed, settings: Settings) -> dict[str, Any]:
-    c = _container(AGENT, "sidecar", p.config_json, p, settings, own=False)
+    c = _container(AGENT, "sidecar", p.config_json, p, settings, own=False, mounts=p.relay_mounts)
     port = parsed.options.health_port
     _health(c, port)
     c["restartPolicy"] = "Always"

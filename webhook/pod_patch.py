@@ -120,10 +120,16 @@ def _check_pod_level(spec: dict, parsed: Parsed, warnings: list[str]) -> None:
                         f"free there and distinct per workload on a node: choose one with {PREFIX}agent-health-port")
     if spec.get("hostNetwork") is True and spec.get("dnsPolicy") in (None, "ClusterFirst"):
         # Kubernetes falls back to the node's resolv.conf for hostNetwork pods with ClusterFirst.
-        host = (urlsplit(cfg.host).hostname or "").rstrip(".")
-        if host.endswith((".svc", ".cluster.local")) or ".svc." in host:
+        host = _cluster_host(cfg.host)
+        if host:
             warnings.append(f"hostNetwork: with dnsPolicy {spec.get('dnsPolicy') or 'ClusterFirst'} the pod uses the node's DNS, "
                             f"so the agent cannot resolve the in-cluster KMS host {host}; set dnsPolicy: ClusterFirstWithHostNet")
+
+
+def _cluster_host(url: str) -> str:
+    """The URL's host name when it is an in-cluster service name (.svc, .cluster.local), else ""."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    return host if host.endswith((".svc", ".cluster.local")) or ".svc." in host else ""
 
 
 def _build_patch(pod: dict, spec: dict, meta: dict, parsed: Parsed, facts: PodFacts,
@@ -148,14 +154,18 @@ def _build_patch(pod: dict, spec: dict, meta: dict, parsed: Parsed, facts: PodFa
                 ops.append(_append(f"/spec/{key}/{i}/volumeMounts", c.get("volumeMounts"), app_mount))
 
     # 3. Volumes.
-    volumes, mounts = agents.volumes(parsed, settings)
+    relay = agents.relayed(parsed, facts, settings)
+    if relay and spec.get("hostNetwork") is True and spec.get("dnsPolicy") in (None, "ClusterFirst") and _cluster_host(settings.relay.url):
+        warnings.append(f"hostNetwork: with dnsPolicy {spec.get('dnsPolicy') or 'ClusterFirst'} the agent cannot resolve the change "
+                        f"relay {_cluster_host(settings.relay.url)} and polls KMS at its own interval; set dnsPolicy: ClusterFirstWithHostNet")
+    volumes, mounts = agents.volumes(parsed, settings, relay)
     if spec.get("volumes") is None:
         ops.append({"op": "add", "path": "/spec/volumes", "value": volumes})
     else:
         ops.extend({"op": "add", "path": "/spec/volumes/-", "value": v} for v in volumes)
 
     # 4. Agent containers: the config is serialised once per kind from one to_dict().
-    p = agents.parts(parsed, facts, settings, mounts, warnings)
+    p = agents.parts(parsed, facts, settings, mounts, warnings, relay)
     first = agents.native_container(p, parsed, settings) if o.mode == "native" else agents.init_container(p, settings)
     if spec.get("initContainers") is None:
         ops.append({"op": "add", "path": "/spec/initContainers", "value": [first]})

@@ -7,16 +7,19 @@ accepted, so a typo never silently turns a policy off. Every error names the fie
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import Any
 
 from injector.config import ConfigError, normalize_path, parse_duration
 
 from .settings import (
+    MAX_RELAY_CA_BYTES,
     AgentSettings,
     CABundle,
     KubernetesAuthSettings,
     PathPolicy,
+    RelaySettings,
     Resources,
     Settings,
     SettingsError,
@@ -64,8 +67,9 @@ def _strlist(value: Any, where: str) -> tuple[str, ...]:
     return tuple(_str(v, f"{where}[{i}]") for i, v in enumerate(value))
 
 
-def settings_from_dict(data: Any) -> Settings:
-    """A parsed YAML document -> Settings (defaults for whatever is missing)."""
+def settings_from_dict(data: Any, base_dir: str = "") -> Settings:
+    """A parsed YAML document -> Settings (defaults for whatever is missing). A relative
+    `relay.ca_file` is taken from `base_dir` (load_settings: the settings file's directory)."""
     top = _mapping(data, "", Settings)
     kw: dict[str, Any] = {}
     for name in ("host", "project", "env", "api", "mount_path", "auth_secret", "secrets_size_limit", "default_policy",
@@ -108,6 +112,8 @@ def settings_from_dict(data: Any) -> Settings:
     if "ca_bundle" in top:
         b = _mapping(top["ca_bundle"], "ca_bundle", CABundle)
         kw["ca_bundle"] = CABundle(**{k: _str(v, f"ca_bundle.{k}") for k, v in b.items()})
+    if "relay" in top:
+        kw["relay"] = _relay(top["relay"], base_dir)
     if "path_policies" in top:
         raw = top["path_policies"] or []
         if not isinstance(raw, list):
@@ -127,6 +133,45 @@ def settings_from_dict(data: Any) -> Settings:
             policies.append(PathPolicy(**{k: _strlist(v, f"path_policies[{i}].{k}") for k, v in p.items()}))
         kw["path_policies"] = tuple(policies)
     return Settings(**kw)
+
+
+def _relay(data: Any, base_dir: str) -> RelaySettings:
+    """The `relay` block. `ca_file` is read here, at every load (the chart: a Secret's ca.crt
+    projected next to settings.yaml, so `ca_file: relay-ca.crt`): unreadable = the relay is off
+    for new pods (`problem`), not a refused file, since the webhook's own CA Secret (auto TLS mode)
+    appears only after the webhook first started."""
+    r = _mapping(data, "relay", RelaySettings)
+    if "problem" in r:
+        raise SettingsError("relay.problem", "is set by the webhook, not in the settings; accepted: "
+                            "audience, ca, ca_file, expiration_seconds, namespaces, poll_factor, url")
+    kw: dict[str, Any] = {}
+    for name in ("url", "ca", "ca_file", "audience"):
+        if name in r and r[name] is not None:
+            kw[name] = _str(r[name], f"relay.{name}")
+    if "expiration_seconds" in r:
+        kw["expiration_seconds"] = _int(r["expiration_seconds"], "relay.expiration_seconds")
+    if "poll_factor" in r:
+        v = r["poll_factor"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise SettingsError("relay.poll_factor", f"{v!r} must be a number from 1 to 100")
+        kw["poll_factor"] = float(v)
+    if "namespaces" in r:
+        kw["namespaces"] = _strlist(r["namespaces"] if r["namespaces"] is not None else [], "relay.namespaces")
+    if kw.get("ca") and kw.get("ca_file"):
+        raise SettingsError("relay.ca", "set ca (PEM text) or ca_file (a path), not both")
+    path = kw.get("ca_file", "")
+    if path and "\x00" not in path:
+        path = kw["ca_file"] = os.path.normpath(os.path.join(base_dir or os.getcwd(), path))
+        try:
+            with open(path, encoding="ascii", errors="replace") as fh:
+                kw["ca"] = fh.read(MAX_RELAY_CA_BYTES + 1)
+        except OSError as exc:
+            kw["problem"] = f"relay.ca_file {path}: cannot read it ({exc.strerror or type(exc).__name__})"
+        else:
+            if not kw["ca"].strip():
+                del kw["ca"]
+                kw["problem"] = f"relay.ca_file {path}: the file is empty"
+    return RelaySettings(**kw)
 
 
 def _resources(data: Any) -> Resources:
@@ -161,4 +206,4 @@ def load_settings(path: str) -> Settings:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise SettingsError("file", f"{path} is not valid YAML{where}") from None
-    return settings_from_dict(data if data is not None else {})
+    return settings_from_dict(data if data is not None else {}, os.path.dirname(os.path.abspath(path)))

@@ -8,17 +8,20 @@ A change that loads (webhook.settings.load_settings) is handed to `on_change`, w
 for new admissions (WebhookState.swap_settings also clears the answer cache). A change that does
 not load keeps the old settings: one error line naming the field, counted in the metrics, and
 not retried until the bytes change again. Logs carry a short digest, never the file's contents.
+The relay CA file the settings name (`relay.ca_file`) is watched with them: it appearing or
+changing is a settings change (new pods get the new CA; the answer cache is cleared).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from injector.log import Logger, get_logger
 from webhook.metrics import Metrics
-from webhook.reload import Reloader
+from webhook.reload import UNREADABLE, Reloader, bytes_digest, files_digest
 
 
 class SettingsReloader(Reloader[Any]):
@@ -42,7 +45,19 @@ class SettingsReloader(Reloader[Any]):
     def parse(self) -> Any:
         from webhook.settings import load_settings  # noqa: PLC0415 (lazy: keeps `--help` fast)
 
-        return load_settings(str(self.path))
+        settings = load_settings(str(self.path))
+        ca_file = settings.relay.ca_file
+        # The digest covers the CA file too (load() re-reads once when this changed the paths).
+        self.paths = (self.path, Path(ca_file)) if ca_file else (self.path,)
+        return settings
+
+    def current_digest(self) -> str:
+        # The settings file alone decides "unreadable": a missing CA file is a state of its own
+        # (no relay for new pods), and must not hide changes of the settings file meanwhile.
+        main = files_digest([self.path])
+        if main == UNREADABLE or len(self.paths) == 1:
+            return main
+        return bytes_digest([main.encode(), files_digest(self.paths[1:]).encode()])
 
     def accepted(self, settings: Any, digest: str, first: bool) -> None:
         self.generation += 1
@@ -50,6 +65,9 @@ class SettingsReloader(Reloader[Any]):
         m.settings_generation = self.generation
         m.settings_loaded_at = time.time()
         m.settings_reload_error = None
+        relay = getattr(settings, "relay", None)
+        if relay is not None and relay.url and relay.problem:  # configured, but no pod gets it until this clears
+            self.log.warning("relay_not_injected", reason=relay.problem)
         if first:
             self.log.info("settings_loaded", path=str(self.path), digest=digest[:12], generation=self.generation)
             return
