@@ -52,7 +52,8 @@ from injector.log import get_logger
 from .audit import AuditLog
 from .profiles import Profile, get_profile
 from .seed import Identity, normalize_path
-from .state import EVENT_TYPES, DevKms, Fault, KmsError, Subscriber, bad_request, not_found, validation
+from .model import EVENT_TYPES, Fault, KmsError, Subscriber, bad_request, not_found, validation
+from .state import DevKms
 
 STATE = web.AppKey("state", DevKms)
 PROFILE = web.AppKey("profile", Profile)

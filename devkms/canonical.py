@@ -27,7 +27,8 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from .seed import Identity
-from .state import DevKms, KmsError, Project
+from .model import KmsError, Project
+from .state import DevKms
 
 SEGMENT_OLDER = re.compile(r"[A-Za-z0-9._-]+")
 MAX_NAME_BYTES = 253

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .state import KmsError, bad_request
+from .model import KmsError, bad_request
 
 
 def _api():  # late import: api.py imports this module

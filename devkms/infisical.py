@@ -20,7 +20,8 @@ from aiohttp import web
 from injector.log import get_logger
 
 from .seed import Identity
-from .state import EVENT_TYPES, DevKms, KmsError, Project, Secret, Subscriber
+from .model import EVENT_TYPES, KmsError, Project, Secret, Subscriber
+from .state import DevKms
 from .zod import MISSING, Issues, check, enum_query, enum_issue, size_issue, type_issue
 
 log = get_logger("dev-kms")
