@@ -26,6 +26,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from . import api_kit as api
 from .seed import Identity
 from .model import KmsError, Project
 from .state import DevKms
@@ -35,14 +36,8 @@ MAX_NAME_BYTES = 253
 SCHEME = "aes-256-gcm"  # opaque to clients: the page names the field, not its values
 
 
-def _api():
-    from . import api
-
-    return api
-
-
 def kms(request: web.Request) -> DevKms:
-    return _api().kms(request)
+    return api.kms(request)
 
 
 def older(request: web.Request) -> bool:
@@ -76,7 +71,6 @@ async def body_of(request: web.Request, what: str) -> dict:
 
 
 def authenticate(request: web.Request) -> Identity:
-    api = _api()
     state = kms(request)
     auth = request.headers.get("Authorization", "")
     bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
@@ -158,7 +152,6 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.Response:
-    api = _api()
     try:
         body = await body_of(request, "{clientId, clientSecret}")
     except KmsError:
@@ -168,7 +161,7 @@ async def login(request: web.Request) -> web.Response:
         raise error(400, "clientId and clientSecret required")
     state = kms(request)
     ident = next((i for i in state.identities.values() if i.client_id == cid), None)
-    if ident is None or not _api().secrets_equal(ident.client_secret, csec):
+    if ident is None or not api.secrets_equal(ident.client_secret, csec):
         request[api.IDENTITY] = ident.name if ident else None
         raise error(401, "invalid credentials")
     request[api.IDENTITY] = ident.name
@@ -176,7 +169,6 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def list_current(request: web.Request) -> web.Response:
-    api = _api()
 
     async def run() -> web.Response:
         ident = authenticate(request)
@@ -202,7 +194,7 @@ async def list_current(request: web.Request) -> web.Response:
         request[api.COUNT] = len(rows)
         return web.json_response({"names": sorted({r["name"] for r in rows}), "secrets": rows, "total": len(rows)})
 
-    return await api._audited(request, "read", run)
+    return await api.audited(request, "read", run)
 
 
 def _locate(request: web.Request, prefix: str, *, older_rules: bool) -> tuple[str, str]:
@@ -214,7 +206,6 @@ def _locate(request: web.Request, prefix: str, *, older_rules: bool) -> tuple[st
 
 
 async def read_current(request: web.Request) -> web.Response:
-    api = _api()
 
     async def run() -> web.Response:
         ident = authenticate(request)
@@ -231,7 +222,7 @@ async def read_current(request: web.Request) -> web.Response:
             raise error(404, "secret not found")
         return web.json_response({"env": env_slug, "name": name, "value": s.value})
 
-    return await api._audited(request, "read", run, key=request.path.rsplit("/", 1)[-1][:500])
+    return await api.audited(request, "read", run, key=request.path.rsplit("/", 1)[-1][:500])
 
 
 def _secret(project: Project, env: str, folder: str, name: str):
@@ -241,7 +232,6 @@ def _secret(project: Project, env: str, folder: str, name: str):
 
 
 async def _upsert(request: web.Request, project: Project, ident: Identity, body: dict, *, older_rules: bool) -> Any:
-    api = _api()
     state = kms(request)
     fields = {k: body.get(k) for k in ("path", "name", "env", "value")}
     bad = [k for k in ("name", "env", "value") if not isinstance(fields[k], str) or (k != "value" and not fields[k])]
@@ -265,7 +255,6 @@ async def _upsert(request: web.Request, project: Project, ident: Identity, body:
 
 
 async def write_current(request: web.Request) -> web.Response:
-    api = _api()
 
     async def run() -> web.Response:
         ident = authenticate(request)
@@ -274,11 +263,10 @@ async def write_current(request: web.Request) -> web.Response:
         out = await _upsert(request, project, ident, body, older_rules=False)
         return web.json_response({"env": out["environment"], "name": out["secretKey"], "path": sub_path(out["secretPath"])})
 
-    return await api._audited(request, "write", run)
+    return await api.audited(request, "write", run)
 
 
 async def _delete(request: web.Request, project: Project, ident: Identity, prefix: str, *, older_rules: bool) -> web.Response:
-    api = _api()
     env_slug = env_of(request)
     folder, name = _locate(request, prefix, older_rules=older_rules)
     request[api.LOCATION] = (project.slug, env_slug, folder)
@@ -293,13 +281,12 @@ async def _delete(request: web.Request, project: Project, ident: Identity, prefi
 
 
 async def delete_current(request: web.Request) -> web.Response:
-    api = _api()
 
     async def run() -> web.Response:
         ident = authenticate(request)
         return await _delete(request, org_project(request, ident), ident, "/v1/kms/secrets/", older_rules=False)
 
-    return await api._audited(request, "delete", run)
+    return await api.audited(request, "delete", run)
 
 
 # ---- older surface -------------------------------------------------------------------------
@@ -309,7 +296,6 @@ def _older_prefix(request: web.Request) -> str:
 
 
 async def list_older(request: web.Request) -> web.Response:
-    api = _api()
 
     async def run() -> web.Response:
         ident = authenticate(request)
@@ -333,11 +319,10 @@ async def list_older(request: web.Request) -> web.Response:
         request[api.COUNT] = out["count"]
         return web.json_response(out)
 
-    return await api._audited(request, "read", run)
+    return await api.audited(request, "read", run)
 
 
 async def read_older(request: web.Request) -> web.Response:
-    api = _api()
 
     async def run() -> web.Response:
         ident = authenticate(request)
@@ -353,11 +338,10 @@ async def read_older(request: web.Request) -> web.Response:
             raise error(404, "not found")
         return web.json_response({"secret": {"value": s.value}, "version": s.version})
 
-    return await api._audited(request, "read", run, key=request.path.rsplit("/", 1)[-1][:500])
+    return await api.audited(request, "read", run, key=request.path.rsplit("/", 1)[-1][:500])
 
 
 async def write_older(request: web.Request) -> web.Response:
-    api = _api()
 
     async def run() -> web.Response:
         ident = authenticate(request)
@@ -367,11 +351,10 @@ async def write_older(request: web.Request) -> web.Response:
         return web.json_response({"path": sub_path(out["secretPath"]), "name": out["secretKey"], "env": out["environment"],
                                   "version": out["version"]})
 
-    return await api._audited(request, "write", run)
+    return await api.audited(request, "write", run)
 
 
 async def patch_older(request: web.Request) -> web.Response:
-    api = _api()
 
     async def run() -> web.Response:
         ident = authenticate(request)
@@ -395,18 +378,17 @@ async def patch_older(request: web.Request) -> web.Response:
         out = state.set_secret(project.slug, env_slug, folder, name, body["value"])
         return web.json_response({"version": out["version"]})
 
-    return await api._audited(request, "update", run)
+    return await api.audited(request, "update", run)
 
 
 async def delete_older(request: web.Request) -> web.Response:
-    api = _api()
 
     async def run() -> web.Response:
         ident = authenticate(request)
         project = org_project(request, ident, request.match_info["org"])
         return await _delete(request, project, ident, _older_prefix(request), older_rules=True)
 
-    return await api._audited(request, "delete", run)
+    return await api.audited(request, "delete", run)
 
 
 def add_routes(app: web.Application, surface: str) -> None:

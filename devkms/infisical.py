@@ -19,6 +19,7 @@ from aiohttp import web
 
 from injector.log import get_logger
 
+from . import api_kit as api
 from .seed import Identity
 from .model import EVENT_TYPES, KmsError, Project, Secret, Subscriber
 from .state import DevKms
@@ -29,14 +30,8 @@ HIDDEN = "<hidden-by-infisical>"
 MAX_REGISTRATIONS = 10
 
 
-def _api():  # late import: api.py imports this module
-    from . import api
-
-    return api
-
-
 def kms(request: web.Request) -> DevKms:
-    return _api().kms(request)
+    return api.kms(request)
 
 
 def invalid(request: web.Request, issues: list[dict]) -> KmsError:
@@ -46,7 +41,6 @@ def invalid(request: web.Request, issues: list[dict]) -> KmsError:
 async def body_of(request: web.Request) -> dict:
     """The JSON body, as fastify parses it: empty or malformed JSON is a 400; a non-object is a
     validation failure."""
-    api = _api()
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -69,7 +63,6 @@ def validate(request: web.Request, body: dict, specs: list) -> None:
 
 
 def authenticate(request: web.Request) -> Identity:
-    api = _api()
     state = kms(request)
     auth = request.headers.get("Authorization", "")
     bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
@@ -167,7 +160,7 @@ def read_query(request: web.Request, v4: bool = False) -> tuple[Project, str, st
         raise KmsError(400, "BadRequest", "Missing workspace id or environment")
     path = q.get("secretPath") or "/"
     try:
-        path = _api().parse_path(path, "secretPath")
+        path = api.parse_path(path, "secretPath")
     except KmsError as exc:  # the real servers refuse such a path in validation
         raise invalid(request, [{"code": "custom", "message": exc.message, "path": ["secretPath"]}]) from None
     defaults = {"includeImports": v4, "expandSecretReferences": v4, "viewSecretValue": True}
@@ -182,14 +175,13 @@ def read_query(request: web.Request, v4: bool = False) -> tuple[Project, str, st
 
 async def status(request: web.Request) -> web.Response:
     """GET /api/status: what Infisical serves there (the route `auto` detection uses)."""
-    return _api().ok(request, {"date": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "message": "Ok",
+    return api.ok(request, {"date": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "message": "Ok",
                                "emailConfigured": False, "inviteOnlySignup": False, "redisConfigured": True,
                                "secretScanningConfigured": False, "samlDefaultOrgSlug": None,
                                "auditLogStorageDisabled": False})
 
 
 async def login(request: web.Request) -> web.Response:
-    api = _api()
     body = await body_of(request)
     validate(request, body, [("clientId", "string", True, False), ("clientSecret", "string", True, False),
                              ("organizationSlug", "string", False, False)])
@@ -206,7 +198,6 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def renew(request: web.Request) -> web.Response:
-    api = _api()
     body = await body_of(request)
     validate(request, body, [("accessToken", "string", True, False)])
     ident, out = kms(request).renew_real(body["accessToken"])
@@ -215,7 +206,6 @@ async def renew(request: web.Request) -> web.Response:
 
 
 async def revoke(request: web.Request) -> web.Response:
-    api = _api()
     body = await body_of(request)
     validate(request, body, [("accessToken", "string", True, False)])
     ident = kms(request).revoke_real(body["accessToken"])
@@ -228,7 +218,6 @@ async def k8s_login(request: web.Request) -> web.Response:
     real one asks the cluster's TokenReview; the answers are the real ones (fixtures 24)."""
     from .k8s_auth import JwtError, subject_allowed, verify_rs256
 
-    api = _api()
     body = await body_of(request)
     validate(request, body, [("identityId", "string", True, False), ("jwt", "string", True, False),
                              ("organizationSlug", "string", False, False)])
@@ -248,7 +237,6 @@ async def k8s_login(request: web.Request) -> web.Response:
 
 
 async def list_secrets(request: web.Request) -> web.Response:
-    api = _api()
     v4 = request.path.startswith("/api/v4/")
 
     async def run() -> web.Response:
@@ -292,11 +280,10 @@ async def list_secrets(request: web.Request) -> web.Response:
         request[api.COUNT] = len(body["secrets"]) + sum(len(i["secrets"]) for i in body.get("imports", []))
         return api.ok(request, body)
 
-    return await api._audited(request, "read", run)
+    return await api.audited(request, "read", run)
 
 
 async def get_secret(request: web.Request) -> web.Response:
-    api = _api()
     name = request.match_info["name"]
 
     async def run() -> web.Response:
@@ -323,7 +310,7 @@ async def get_secret(request: web.Request) -> web.Response:
         value = state._expand(ident, project, fenv, where, s.value) if flags["expandSecretReferences"] else None
         return api.ok(request, {"secret": secret_json(state, project, fenv.slug, where.path, s, kind, view=view, value=value)})
 
-    return await api._audited(request, "read", run, key=name[:api.MAX_NAME])
+    return await api.audited(request, "read", run, key=name[:api.MAX_NAME])
 
 
 def _write_specs(state: DevKms, action: str) -> list:
@@ -348,7 +335,6 @@ def _write_specs(state: DevKms, action: str) -> list:
 
 
 async def _write(request: web.Request, action: str) -> web.Response:
-    api = _api()
     name = request.match_info["name"]
 
     async def run() -> web.Response:
@@ -402,7 +388,7 @@ async def _write(request: web.Request, action: str) -> web.Response:
             state.delete_secret_as(None, project.slug, env.slug, path, name)
         return api.ok(request, {"secret": secret_json(state, project, env.slug, path, s, "write")})
 
-    return await api._audited(request, action, run, key=name[:api.MAX_NAME])
+    return await api.audited(request, action, run, key=name[:api.MAX_NAME])
 
 
 async def create_secret(request: web.Request) -> web.Response:
@@ -462,7 +448,6 @@ def _registrations(request: web.Request, body: dict) -> list[dict]:
 async def events_upstream(request: web.Request) -> web.StreamResponse:
     """Upstream's project-events stream: `id: <ms>`, `event: <name>`, `data: {type, data}`;
     `event: ping` every heartbeat; closed after event_max_seconds; auth re-checked periodically."""
-    api = _api()
     state = kms(request)
     ident = authenticate(request)
     bearer = request.headers.get("Authorization", "")[7:].strip()
@@ -535,7 +520,7 @@ def add_routes(app: web.Application, events: str) -> None:
     r.add_post("/api/v1/auth/kubernetes-auth/login", k8s_login)
     r.add_get("/api/v3/secrets/raw", list_secrets)
     r.add_get("/api/v3/secrets/raw/{name}", get_secret)
-    if app[_api().PROFILE].infisical == "newer":  # newer servers: v4 (projectId; imports and references on by default)
+    if app[api.PROFILE].infisical == "newer":  # newer servers: v4 (projectId; imports and references on by default)
         r.add_get("/api/v4/secrets", list_secrets)
     r.add_post("/api/v3/secrets/raw/{name}", create_secret)
     r.add_patch("/api/v3/secrets/raw/{name}", update_secret)
