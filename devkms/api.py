@@ -253,15 +253,11 @@ async def subscribe_events(request: web.Request) -> web.StreamResponse:
         await resp.write(b": connected\n\n")
         n = 0
         while not sub.closed.is_set():
-            get = asyncio.ensure_future(sub.queue.get())
-            closed = asyncio.ensure_future(sub.closed.wait())
-            done, pending = await asyncio.wait({get, closed}, timeout=HEARTBEAT, return_when=asyncio.FIRST_COMPLETED)
-            for t in pending:
-                t.cancel()
-            if get in done:
+            got, msg = await sub.next_message(HEARTBEAT)
+            if got:
                 n += 1
-                await resp.write(f"id: {n}\nevent: message\ndata: {json.dumps(get.result(), separators=(',', ':'))}\n\n".encode())
-            elif not done:
+                await resp.write(f"id: {n}\nevent: message\ndata: {json.dumps(msg, separators=(',', ':'))}\n\n".encode())
+            elif not sub.closed.is_set():
                 await resp.write(b": ping\n\n")
         await resp.write_eof()
     except (ConnectionError, asyncio.CancelledError):

@@ -9,6 +9,7 @@ import asyncio
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from .seed import Import
 
@@ -133,6 +134,16 @@ class Subscriber:
                 continue
             return True
         return False
+
+    async def next_message(self, timeout: float) -> tuple[bool, Any]:
+        """The next queued message within `timeout` seconds: (True, message), or (False, None) when
+        the wait ended without one (timed out, or the stream was closed)."""
+        get = asyncio.ensure_future(self.queue.get())
+        closed = asyncio.ensure_future(self.closed.wait())
+        done, pending = await asyncio.wait({get, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+        return (True, get.result()) if get in done else (False, None)
 
 
 _glob_cache: dict[str, re.Pattern] = {}
