@@ -58,6 +58,7 @@ from .dev_hooks import (
     dev_put_secret, dev_stats, dev_stats_reset,
 )
 from .middleware import api_middleware
+from .api_kit import serve_event_stream
 
 # ---- auth routes -----------------------------------------------------------------------------
 
@@ -246,11 +247,8 @@ async def subscribe_events(request: web.Request) -> web.StreamResponse:
     sub = Subscriber(ident.name, project.id, register, asyncio.Queue(maxsize=10000))
     resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                     "X-Accel-Buffering": "no"})
-    state.subscribers.append(sub)
-    log.info("events_subscribed", identity=ident.name, project=project.slug, register=register)
-    try:
-        await resp.prepare(request)
-        await resp.write(b": connected\n\n")
+
+    async def pump() -> None:
         n = 0
         while not sub.closed.is_set():
             got, msg = await sub.next_message(HEARTBEAT)
@@ -259,14 +257,9 @@ async def subscribe_events(request: web.Request) -> web.StreamResponse:
                 await resp.write(f"id: {n}\nevent: message\ndata: {json.dumps(msg, separators=(',', ':'))}\n\n".encode())
             elif not sub.closed.is_set():
                 await resp.write(b": ping\n\n")
-        await resp.write_eof()
-    except (ConnectionError, asyncio.CancelledError):
-        pass
-    finally:
-        if sub in state.subscribers:
-            state.subscribers.remove(sub)
-        log.info("events_closed", identity=ident.name, project=project.slug)
-    return resp
+
+    return await serve_event_stream(request, resp, sub, b": connected\n\n", pump,
+                                    identity=ident.name, project=project.slug, register=register)
 
 
 def build_app(state: DevKms, *, test_hooks: bool = True, audit: AuditLog | None = None,

@@ -5,6 +5,7 @@ audited wrapper of a secrets route.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -18,7 +19,7 @@ from injector.log import get_logger
 from .audit import AuditLog
 from .profiles import Profile
 from .seed import normalize_path
-from .model import KmsError, bad_request, validation
+from .model import KmsError, Subscriber, bad_request, validation
 from .state import DevKms
 
 
@@ -265,3 +266,25 @@ async def audited(request: web.Request, action: str, fn: Callable[[], Awaitable[
         request.app[AUDIT].write(action, identity=request.get(IDENTITY), project=loc[0], environment=loc[1],
                                  path=loc[2], client=client_addr(request), status=status,
                                  user_agent=request.headers.get("User-Agent", "")[:300] or None, **extra)
+
+
+async def serve_event_stream(request: web.Request, resp: web.StreamResponse, sub: Subscriber, first: bytes,
+                             pump: Callable[[], Awaitable[None]], **subscribed: Any) -> web.StreamResponse:
+    """One change-event stream, either surface: `sub` is registered for the stream's life, `first`
+    is sent once the headers are out, then `pump()` writes events until it returns. A client that
+    goes away is the normal end of a stream, not an error."""
+    state = kms(request)
+    state.subscribers.append(sub)
+    log.info("events_subscribed", **subscribed)
+    try:
+        await resp.prepare(request)
+        await resp.write(first)
+        await pump()
+        await resp.write_eof()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        if sub in state.subscribers:
+            state.subscribers.remove(sub)
+        log.info("events_closed", identity=subscribed.get("identity"), project=subscribed.get("project"))
+    return resp

@@ -10,13 +10,11 @@ import time
 
 from aiohttp import web
 
-from injector.log import get_logger
-
+from .api_kit import serve_event_stream
+from .infisical_kit import authenticate, body_of, invalid, kms, require_member, validate
 from .model import EVENT_TYPES, KmsError, Subscriber
 from .zod import MISSING, check, enum_issue, size_issue, type_issue
-from .infisical_kit import authenticate, body_of, invalid, kms, require_member, validate
 
-log = get_logger("dev-kms")
 MAX_REGISTRATIONS = 10
 
 
@@ -86,15 +84,12 @@ async def events_upstream(request: web.Request) -> web.StreamResponse:
     sub = Subscriber(ident.name, project.id, register, asyncio.Queue(maxsize=10000), upstream=True)
     resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                     "Connection": "keep-alive", "X-Accel-Buffering": "no"})
-    state.subscribers.append(sub)
-    log.info("events_subscribed", identity=ident.name, project=project.slug, registrations=len(register))
-    loop = asyncio.get_running_loop()
-    end = loop.time() + state.event_max_seconds
-    next_ping = loop.time() + state.event_heartbeat
-    next_auth = loop.time() + state.event_auth_recheck
-    try:
-        await resp.prepare(request)
-        await resp.write(b"event: ping\n\n")  # the stream is registered: events from here on are delivered
+
+    async def pump() -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + state.event_max_seconds
+        next_ping = loop.time() + state.event_heartbeat
+        next_auth = loop.time() + state.event_auth_recheck
         while not sub.closed.is_set():
             now = loop.time()
             if now >= end:
@@ -113,11 +108,7 @@ async def events_upstream(request: web.Request) -> web.StreamResponse:
             elif loop.time() >= next_ping:
                 next_ping = loop.time() + state.event_heartbeat
                 await resp.write(b"event: ping\n\n")
-        await resp.write_eof()
-    except (ConnectionError, asyncio.CancelledError):
-        pass
-    finally:
-        if sub in state.subscribers:
-            state.subscribers.remove(sub)
-        log.info("events_closed", identity=ident.name, project=project.slug)
-    return resp
+
+    # the ping goes out once the stream is registered: events from here on are delivered
+    return await serve_event_stream(request, resp, sub, b"event: ping\n\n", pump,
+                                    identity=ident.name, project=project.slug, registrations=len(register))
