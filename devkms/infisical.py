@@ -23,7 +23,7 @@ from .state import DevKms
 from .zod import MISSING, check, enum_issue
 from .infisical_events import events_stub, events_upstream
 from .infisical_kit import (
-    authenticate, body_of, invalid, kms, project_for_read, read_query, require, secret_json, validate,
+    authenticate, authorised_read, body_of, invalid, kms, project_for_read, require, secret_json, validate,
 )
 
 log = get_logger("dev-kms")
@@ -98,14 +98,7 @@ async def list_secrets(request: web.Request) -> web.Response:
     v4 = request.path.startswith("/api/v4/")
 
     async def run() -> web.Response:
-        ident = authenticate(request)
-        project, env_slug, path, flags = read_query(request, v4)
-        request[api.LOCATION] = (project.slug, env_slug, path)
-        state = kms(request)
-        require(state, ident, "read", project, env_slug, path)
-        view = flags["viewSecretValue"] or not state.profile.view_secret_value
-        env = project.environments.get(env_slug)
-        folder = env.folders.get(path) if env else None
+        ident, state, project, env_slug, path, flags, view, env, folder = authorised_read(request, v4)
         body: dict[str, Any] = {"secrets": []}
         if flags["include_imports"]:
             body["imports"] = []
@@ -145,14 +138,7 @@ async def get_secret(request: web.Request) -> web.Response:
     name = request.match_info["name"]
 
     async def run() -> web.Response:
-        ident = authenticate(request)
-        project, env_slug, path, flags = read_query(request)
-        request[api.LOCATION] = (project.slug, env_slug, path)
-        state = kms(request)
-        require(state, ident, "read", project, env_slug, path)
-        view = flags["viewSecretValue"] or not state.profile.view_secret_value
-        env = project.environments.get(env_slug)
-        folder = env.folders.get(path) if env else None
+        ident, state, project, env_slug, path, flags, view, env, folder = authorised_read(request)
         if env is None or folder is None:
             raise KmsError(404, "NotFound", "Secret not found")
         s, where, fenv, kind = folder.secrets.get(name), folder, env, "single"

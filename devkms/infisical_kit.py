@@ -157,3 +157,18 @@ def read_query(request: web.Request, v4: bool = False) -> tuple[Project, str, st
     if v4:
         flags["include_imports"] = flags.pop("includeImports")
     return project_for_read(state, workspace_id, slug), env, path, flags
+
+
+def authorised_read(request: web.Request, v4: bool = False) -> tuple[Any, ...]:
+    """The opening of both read routes: the bearer, the query, the read permission (the audit's
+    location set first). (identity, state, project, env slug, path, flags, show values?, the
+    environment and the folder, each None where the seed has none)."""
+    ident = authenticate(request)
+    project, env_slug, path, flags = read_query(request, v4)
+    request[api.LOCATION] = (project.slug, env_slug, path)
+    state = kms(request)
+    require(state, ident, "read", project, env_slug, path)
+    view = flags["viewSecretValue"] or not state.profile.view_secret_value
+    env = project.environments.get(env_slug)
+    folder = env.folders.get(path) if env else None
+    return ident, state, project, env_slug, path, flags, view, env, folder
