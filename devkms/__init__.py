@@ -19,7 +19,8 @@ from .audit import AuditLog
 from .profiles import PROFILES, Profile, get_profile
 from .seed import Seed, SeedError, load_seed, parse_seed, tiny_seed
 from .server import DevKmsServer, run_dev_kms
-from .state import DevKms, Fault, KmsError
+from .model import Fault, KmsError
+from .state import DevKms
 
 __all__ = ["AuditLog", "DevKms", "DevKmsServer", "Fault", "KmsError", "PROFILES", "Profile", "Seed", "SeedError",
            "build_app", "get_profile", "load_seed", "parse_seed", "run_dev_kms", "tiny_seed"]

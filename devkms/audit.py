@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from .state import iso_now
+from .model import iso_now
 
 
 class AuditLog:

@@ -26,22 +26,18 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from . import api_kit as api
 from .seed import Identity
-from .state import DevKms, KmsError, Project
+from .model import KmsError, Project
+from .state import DevKms
 
 SEGMENT_OLDER = re.compile(r"[A-Za-z0-9._-]+")
 MAX_NAME_BYTES = 253
 SCHEME = "aes-256-gcm"  # opaque to clients: the page names the field, not its values
 
 
-def _api():
-    from . import api
-
-    return api
-
-
 def kms(request: web.Request) -> DevKms:
-    return _api().kms(request)
+    return api.kms(request)
 
 
 def older(request: web.Request) -> bool:
@@ -75,7 +71,6 @@ async def body_of(request: web.Request, what: str) -> dict:
 
 
 def authenticate(request: web.Request) -> Identity:
-    api = _api()
     state = kms(request)
     auth = request.headers.get("Authorization", "")
     bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
@@ -137,11 +132,11 @@ def sub_path(folder: str) -> str:
     return folder.strip("/")
 
 
-def _can_read(state: DevKms, ident: Identity, project: Project, env: str, folder: str) -> bool:
+def can_read(state: DevKms, ident: Identity, project: Project, env: str, folder: str) -> bool:
     return state.can(ident, "read", project, env, folder)
 
 
-def _member(ident: Identity, project: Project) -> None:
+def require_member(ident: Identity, project: Project) -> None:
     if not any(r.project in ("*", project.slug, project.id) for r in ident.access):
         raise error(403, "not a member of the org")
 
@@ -157,7 +152,6 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.Response:
-    api = _api()
     try:
         body = await body_of(request, "{clientId, clientSecret}")
     except KmsError:
@@ -167,7 +161,7 @@ async def login(request: web.Request) -> web.Response:
         raise error(400, "clientId and clientSecret required")
     state = kms(request)
     ident = next((i for i in state.identities.values() if i.client_id == cid), None)
-    if ident is None or not _api().secrets_equal(ident.client_secret, csec):
+    if ident is None or not api.secrets_equal(ident.client_secret, csec):
         request[api.IDENTITY] = ident.name if ident else None
         raise error(401, "invalid credentials")
     request[api.IDENTITY] = ident.name
@@ -175,7 +169,6 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def list_current(request: web.Request) -> web.Response:
-    api = _api()
 
     async def run() -> web.Response:
         ident = authenticate(request)
@@ -187,24 +180,24 @@ async def list_current(request: web.Request) -> web.Response:
         folder = folder_path(raw)
         request[api.LOCATION] = (project.slug, env_slug, folder)
         state = kms(request)
-        _member(ident, project)
-        if not _can_read(state, ident, project, env_slug, folder):
+        require_member(ident, project)
+        if not can_read(state, ident, project, env_slug, folder):
             raise error(403, f"no read access to {folder} in {env_slug}")
         env = project.environments.get(env_slug)
         rows = []
         if env is not None:
             prefix = folder.rstrip("/") + "/"
             for path, f in sorted(env.folders.items()):
-                if (path == folder or path.startswith(prefix)) and _can_read(state, ident, project, env_slug, path):
+                if (path == folder or path.startswith(prefix)) and can_read(state, ident, project, env_slug, path):
                     rows += [{"name": s.key, "path": sub_path(path), "env": env_slug, "scheme": SCHEME}
                              for s in sorted(f.secrets.values(), key=lambda s: s.key)]
         request[api.COUNT] = len(rows)
         return web.json_response({"names": sorted({r["name"] for r in rows}), "secrets": rows, "total": len(rows)})
 
-    return await api._audited(request, "read", run)
+    return await api.audited(request, "read", run)
 
 
-def _locate(request: web.Request, prefix: str, *, older_rules: bool) -> tuple[str, str]:
+def locate(request: web.Request, prefix: str, *, older_rules: bool) -> tuple[str, str]:
     segs = split_rest(request, prefix)
     if older_rules and len(segs) < 2:
         raise error(400, "path and name required")
@@ -213,34 +206,32 @@ def _locate(request: web.Request, prefix: str, *, older_rules: bool) -> tuple[st
 
 
 async def read_current(request: web.Request) -> web.Response:
-    api = _api()
 
     async def run() -> web.Response:
         ident = authenticate(request)
         project = org_project(request, ident)
         env_slug = env_of(request)
-        folder, name = _locate(request, "/v1/kms/secrets/", older_rules=False)
+        folder, name = locate(request, "/v1/kms/secrets/", older_rules=False)
         request[api.LOCATION] = (project.slug, env_slug, folder)
-        _member(ident, project)
+        require_member(ident, project)
         state = kms(request)
-        if not _can_read(state, ident, project, env_slug, folder):
+        if not can_read(state, ident, project, env_slug, folder):
             raise error(403, f"no read access to {folder} in {env_slug}")
-        s = _secret(project, env_slug, folder, name)
+        s = find_secret(project, env_slug, folder, name)
         if s is None:
             raise error(404, "secret not found")
         return web.json_response({"env": env_slug, "name": name, "value": s.value})
 
-    return await api._audited(request, "read", run, key=request.path.rsplit("/", 1)[-1][:500])
+    return await api.audited(request, "read", run, key=request.path.rsplit("/", 1)[-1][:500])
 
 
-def _secret(project: Project, env: str, folder: str, name: str):
+def find_secret(project: Project, env: str, folder: str, name: str):
     e = project.environments.get(env)
     f = e.folders.get(folder) if e else None
     return f.secrets.get(name) if f else None
 
 
-async def _upsert(request: web.Request, project: Project, ident: Identity, body: dict, *, older_rules: bool) -> Any:
-    api = _api()
+async def upsert(request: web.Request, project: Project, ident: Identity, body: dict, *, older_rules: bool) -> Any:
     state = kms(request)
     fields = {k: body.get(k) for k in ("path", "name", "env", "value")}
     bad = [k for k in ("name", "env", "value") if not isinstance(fields[k], str) or (k != "value" and not fields[k])]
@@ -255,7 +246,7 @@ async def _upsert(request: web.Request, project: Project, ident: Identity, body:
     check_segments(segs, older_rules=older_rules)
     folder = folder_path(sub)
     request[api.LOCATION] = (project.slug, fields["env"], folder)
-    _member(ident, project)
+    require_member(ident, project)
     if not state.can(ident, "write", project, fields["env"], folder):
         raise error(403, f"no write access to {folder} in {fields['env']}")
     if fields["env"] not in project.environments:
@@ -264,148 +255,38 @@ async def _upsert(request: web.Request, project: Project, ident: Identity, body:
 
 
 async def write_current(request: web.Request) -> web.Response:
-    api = _api()
 
     async def run() -> web.Response:
         ident = authenticate(request)
         project = org_project(request, ident)
         body = await body_of(request, "{path, name, env, value}")
-        out = await _upsert(request, project, ident, body, older_rules=False)
+        out = await upsert(request, project, ident, body, older_rules=False)
         return web.json_response({"env": out["environment"], "name": out["secretKey"], "path": sub_path(out["secretPath"])})
 
-    return await api._audited(request, "write", run)
+    return await api.audited(request, "write", run)
 
 
-async def _delete(request: web.Request, project: Project, ident: Identity, prefix: str, *, older_rules: bool) -> web.Response:
-    api = _api()
+async def delete_at(request: web.Request, project: Project, ident: Identity, prefix: str, *, older_rules: bool) -> web.Response:
     env_slug = env_of(request)
-    folder, name = _locate(request, prefix, older_rules=older_rules)
+    folder, name = locate(request, prefix, older_rules=older_rules)
     request[api.LOCATION] = (project.slug, env_slug, folder)
-    _member(ident, project)
+    require_member(ident, project)
     state = kms(request)
     if not state.can(ident, "write", project, env_slug, folder):
         raise error(403, f"no write access to {folder} in {env_slug}")
-    if _secret(project, env_slug, folder, name) is None:
+    if find_secret(project, env_slug, folder, name) is None:
         raise error(404, "not found" if older_rules else "secret not found")
     state.delete_secret(project.slug, env_slug, folder, name)
     return web.Response(status=204)
 
 
 async def delete_current(request: web.Request) -> web.Response:
-    api = _api()
 
     async def run() -> web.Response:
         ident = authenticate(request)
-        return await _delete(request, org_project(request, ident), ident, "/v1/kms/secrets/", older_rules=False)
+        return await delete_at(request, org_project(request, ident), ident, "/v1/kms/secrets/", older_rules=False)
 
-    return await api._audited(request, "delete", run)
-
-
-# ---- older surface -------------------------------------------------------------------------
-
-def _older_prefix(request: web.Request) -> str:
-    return f"/v1/kms/orgs/{request.rel_url.raw_path.split('/')[4]}/secrets/"
-
-
-async def list_older(request: web.Request) -> web.Response:
-    api = _api()
-
-    async def run() -> web.Response:
-        ident = authenticate(request)
-        project = org_project(request, ident, request.match_info["org"])
-        env_slug = env_of(request)
-        prefix = request.query.get("prefix", "").strip("/")
-        request[api.LOCATION] = (project.slug, env_slug, "/" + prefix)
-        _member(ident, project)
-        state = kms(request)
-        env = project.environments.get(env_slug)
-        rows = []
-        if env is not None:
-            for path, f in sorted(env.folders.items()):
-                sub = sub_path(path)
-                if sub.startswith(prefix) and _can_read(state, ident, project, env_slug, path):
-                    rows += [{"path": sub, "name": s.key, "env": env_slug, "version": s.version, "updatedTime": s.updated_at}
-                             for s in sorted(f.secrets.values(), key=lambda s: s.key)]
-        out: dict[str, Any] = {"secrets": rows[:state.list_cap], "count": min(len(rows), state.list_cap)}
-        if len(rows) > state.list_cap:
-            out["truncated"] = True
-        request[api.COUNT] = out["count"]
-        return web.json_response(out)
-
-    return await api._audited(request, "read", run)
-
-
-async def read_older(request: web.Request) -> web.Response:
-    api = _api()
-
-    async def run() -> web.Response:
-        ident = authenticate(request)
-        project = org_project(request, ident, request.match_info["org"])
-        env_slug = env_of(request)
-        folder, name = _locate(request, _older_prefix(request), older_rules=True)
-        request[api.LOCATION] = (project.slug, env_slug, folder)
-        _member(ident, project)
-        if not _can_read(kms(request), ident, project, env_slug, folder):
-            raise error(403, "forbidden")
-        s = _secret(project, env_slug, folder, name)
-        if s is None:
-            raise error(404, "not found")
-        return web.json_response({"secret": {"value": s.value}, "version": s.version})
-
-    return await api._audited(request, "read", run, key=request.path.rsplit("/", 1)[-1][:500])
-
-
-async def write_older(request: web.Request) -> web.Response:
-    api = _api()
-
-    async def run() -> web.Response:
-        ident = authenticate(request)
-        project = org_project(request, ident, request.match_info["org"])
-        body = await body_of(request, "{path, name, env, value}")
-        out = await _upsert(request, project, ident, body, older_rules=True)
-        return web.json_response({"path": sub_path(out["secretPath"]), "name": out["secretKey"], "env": out["environment"],
-                                  "version": out["version"]})
-
-    return await api._audited(request, "write", run)
-
-
-async def patch_older(request: web.Request) -> web.Response:
-    api = _api()
-
-    async def run() -> web.Response:
-        ident = authenticate(request)
-        project = org_project(request, ident, request.match_info["org"])
-        env_slug = env_of(request)
-        folder, name = _locate(request, _older_prefix(request), older_rules=True)
-        body = await body_of(request, "{value}")
-        if not isinstance(body.get("value"), str):
-            raise error(400, "value required")
-        request[api.LOCATION] = (project.slug, env_slug, folder)
-        _member(ident, project)
-        state = kms(request)
-        if not state.can(ident, "write", project, env_slug, folder):
-            raise error(403, "forbidden")
-        s = _secret(project, env_slug, folder, name)
-        if s is None:
-            raise error(404, "not found")
-        match = request.headers.get("If-Match")
-        if match is not None and match.strip().strip('"') != str(s.version):
-            raise error(409, f"version conflict: the secret is at version {s.version}")
-        out = state.set_secret(project.slug, env_slug, folder, name, body["value"])
-        return web.json_response({"version": out["version"]})
-
-    return await api._audited(request, "update", run)
-
-
-async def delete_older(request: web.Request) -> web.Response:
-    api = _api()
-
-    async def run() -> web.Response:
-        ident = authenticate(request)
-        project = org_project(request, ident, request.match_info["org"])
-        return await _delete(request, project, ident, _older_prefix(request), older_rules=True)
-
-    return await api._audited(request, "delete", run)
+    return await api.audited(request, "delete", run)
 
 
 def add_routes(app: web.Application, surface: str) -> None:
@@ -421,6 +302,8 @@ def add_routes(app: web.Application, surface: str) -> None:
         r.add_get("/v1/kms/secrets/{rest:.+}", read_current)
         r.add_delete("/v1/kms/secrets/{rest:.+}", delete_current)
     else:
+        from .canonical_older import delete_older, list_older, patch_older, read_older, write_older
+
         r.add_get("/v1/kms/orgs/{org}/secrets", list_older)
         r.add_post("/v1/kms/orgs/{org}/secrets", write_older)
         r.add_get("/v1/kms/orgs/{org}/secrets/{rest:.+}", read_older)

@@ -15,17 +15,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .state import KmsError, bad_request
-
-
-def _api():  # late import: api.py imports this module
-    from . import api
-
-    return api
+from . import api_kit as api
+from .model import KmsError, bad_request
 
 
 async def login(request: web.Request) -> web.Response:
-    api = _api()
     body = await api.read_json(request)
     client_id = api.req_str(body, "clientId", max_len=1000)
     client_secret = api.req_str(body, "clientSecret", max_len=1000)
@@ -46,7 +40,6 @@ def _env(request: web.Request) -> str:
 
 
 async def list_names(request: web.Request) -> web.Response:
-    api = _api()
 
     async def run() -> web.Response:
         ident = api.authenticate(request)
@@ -58,11 +51,10 @@ async def list_names(request: web.Request) -> web.Response:
         request[api.COUNT] = len(names)
         return web.json_response({"names": sorted(names)})
 
-    return await api._audited(request, "read", run)
+    return await api.audited(request, "read", run)
 
 
 async def get_value(request: web.Request) -> web.Response:
-    api = _api()
     rest = request.match_info["rest"]
     folder, _, name = rest.rstrip("/").rpartition("/")
 
@@ -76,7 +68,7 @@ async def get_value(request: web.Request) -> web.Response:
         out = api.kms(request).get_secret(ident, org, env, path, name, include_imports=True)
         return web.json_response({"secret": {"value": out["secret"]["secretValue"]}})
 
-    return await api._audited(request, "read", run, key=name[:500])
+    return await api.audited(request, "read", run, key=name[:500])
 
 
 def add_routes(app: web.Application) -> None:

@@ -10,8 +10,6 @@ slugs on writes, and hides values on viewSecretValue=false.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 from typing import Any
 
@@ -19,176 +17,29 @@ from aiohttp import web
 
 from injector.log import get_logger
 
-from .seed import Identity
-from .state import EVENT_TYPES, DevKms, KmsError, Project, Secret, Subscriber
-from .zod import MISSING, Issues, check, enum_query, enum_issue, size_issue, type_issue
+from . import api_kit as api
+from .model import KmsError
+from .state import DevKms
+from .zod import MISSING, check, enum_issue
+from .infisical_events import events_stub, events_upstream
+from .infisical_kit import (
+    authenticate, authorised_read, body_of, invalid, kms, project_for_read, require, secret_json, validate,
+)
 
 log = get_logger("dev-kms")
-HIDDEN = "<hidden-by-infisical>"
-MAX_REGISTRATIONS = 10
-
-
-def _api():  # late import: api.py imports this module
-    from . import api
-
-    return api
-
-
-def kms(request: web.Request) -> DevKms:
-    return _api().kms(request)
-
-
-def invalid(request: web.Request, issues: list[dict]) -> KmsError:
-    return KmsError(kms(request).profile.validation_status, "ValidationFailure", issues)  # type: ignore[arg-type]
-
-
-async def body_of(request: web.Request) -> dict:
-    """The JSON body, as fastify parses it: empty or malformed JSON is a 400; a non-object is a
-    validation failure."""
-    api = _api()
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise KmsError(413, "PayloadTooLarge", f"Request body is too large (the limit is {api.MAX_BODY} bytes)") from None
-    if not raw.strip():
-        raise KmsError(400, "BadRequest", "Body cannot be empty when content-type is set to 'application/json'")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise KmsError(400, "BadRequest", "Body is not valid JSON but content-type is set to 'application/json'") from None
-    if not isinstance(body, dict):
-        raise invalid(request, [type_issue([], "object", body)])
-    return body
-
-
-def validate(request: web.Request, body: dict, specs: list) -> None:
-    issues = check(body, specs)
-    if issues:
-        raise invalid(request, issues)
-
-
-def authenticate(request: web.Request) -> Identity:
-    api = _api()
-    state = kms(request)
-    auth = request.headers.get("Authorization", "")
-    bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
-    ident = state.authenticate_real(bearer)
-    request[api.IDENTITY] = ident.name
-    check_rate(state, ident.name)
-    return ident
-
-
-def check_rate(state: DevKms, identity: str) -> None:
-    """The dev limiter (per identity per second), answered as the profile's server answers it:
-    older servers turn the 429 into a 500 "Something went wrong" that keeps Retry-After."""
-    try:
-        state.check_rate(identity)
-    except KmsError as exc:
-        wait = exc.headers.get("Retry-After", "1")
-        if state.profile.infisical == "recorded":
-            raise KmsError(500, "InternalServerError", "Something went wrong", {"Retry-After": wait}) from None
-        raise KmsError(429, "RateLimitExceeded", f"Rate limit exceeded. Please try again in {wait} seconds",
-                       {"Retry-After": wait}) from None
-
-
-# ---- shapes --------------------------------------------------------------------------------
-
-def secret_json(state: DevKms, project: Project, env: str, path: str, s: Secret, kind: str, *, view: bool = True,
-                value: str | None = None) -> dict:
-    """kind: "list" (adds secretPath, tags), "import" (workspace "", no reminder, dates, path, tags),
-    "single" (adds tags), "single-import" and "write" (neither)."""
-    newer = state.profile.infisical == "newer"
-    out: dict[str, Any] = {"id": s.id, "_id": s.id, "workspace": "" if kind == "import" else project.id,
-                           "environment": env, "version": s.version, "type": "shared", "secretKey": s.key,
-                           "secretValue": (s.value if value is None else value) if view else HIDDEN}
-    if newer:
-        out["secretValueHidden"] = not view
-    out["secretComment"] = s.comment
-    if kind != "import":
-        out["secretReminderNote"] = None
-        out["secretReminderRepeatDays"] = None
-    out["skipMultilineEncoding"] = False
-    out["metadata"] = None
-    if newer:
-        out["secretMetadata"] = []
-    if kind != "import":
-        out["createdAt"], out["updatedAt"] = s.created_at, s.updated_at
-    if kind == "list":
-        out["secretPath"] = path
-    if kind in ("list", "single"):
-        out["tags"] = []
-    return out
-
-
-# ---- lookups -------------------------------------------------------------------------------
-
-def project_for_read(state: DevKms, workspace_id: str | None, slug: str | None) -> Project:
-    if workspace_id:
-        p = next((x for x in state.projects.values() if x.id == workspace_id), None)
-        if p is None:
-            raise KmsError(404, "NotFound", "Project not found during bot lookup. Are you sure you are using the correct project ID?")
-        return p
-    p = state.projects.get(slug or "")
-    if p is None:
-        if state.profile.unknown_project_status == 500:
-            raise KmsError(500, "Failed to find project by slug", "Something went wrong")
-        raise KmsError(404, "NotFound", f"Project with slug '{str(slug)[:200]}' not found")
-    return p
-
-
-def require_member(ident: Identity, project: Project) -> None:
-    if not any(r.project in ("*", project.slug, project.id) for r in ident.access):
-        raise KmsError(403, "Identity is not a member of the specified project", "You are not allowed to access this resource")
-
-
-def require(state: DevKms, ident: Identity, action: str, project: Project, env: str, path: str) -> None:
-    require_member(ident, project)
-    if not state.can(ident, "read" if action == "read" else "write", project, env, path):
-        raise KmsError(403, "PermissionDenied", f"You are not allowed to {action} on secrets")
-
-
-def read_query(request: web.Request, v4: bool = False) -> tuple[Project, str, str, dict[str, bool]]:
-    """v3 (`workspaceSlug`/`workspaceId`, include_imports and expandSecretReferences default false)
-    or v4 (`projectId` only, includeImports and expandSecretReferences default true)."""
-    state = kms(request)
-    q = request.query
-    names = ["recursive", "includeImports" if v4 else "include_imports", "expandSecretReferences"]
-    if state.profile.infisical == "newer":
-        names.append("viewSecretValue")
-    issues = enum_query(q, names)
-    if v4 and not q.get("projectId"):
-        issues.insert(0, type_issue(["projectId"], "string", MISSING))
-    if issues:
-        raise invalid(request, issues)
-    workspace_id, slug, env = (q.get("projectId"), None, q.get("environment")) if v4 else \
-        (q.get("workspaceId"), q.get("workspaceSlug"), q.get("environment"))
-    if not (workspace_id or slug) or not env:
-        raise KmsError(400, "BadRequest", "Missing workspace id or environment")
-    path = q.get("secretPath") or "/"
-    try:
-        path = _api().parse_path(path, "secretPath")
-    except KmsError as exc:  # the real servers refuse such a path in validation
-        raise invalid(request, [{"code": "custom", "message": exc.message, "path": ["secretPath"]}]) from None
-    defaults = {"includeImports": v4, "expandSecretReferences": v4, "viewSecretValue": True}
-    flags = {n: q[n] == "true" if n in q else defaults.get(n, False) for n in names}
-    flags.setdefault("viewSecretValue", True)
-    if v4:
-        flags["include_imports"] = flags.pop("includeImports")
-    return project_for_read(state, workspace_id, slug), env, path, flags
 
 
 # ---- routes --------------------------------------------------------------------------------
 
 async def status(request: web.Request) -> web.Response:
     """GET /api/status: what Infisical serves there (the route `auto` detection uses)."""
-    return _api().ok(request, {"date": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "message": "Ok",
+    return api.ok(request, {"date": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "message": "Ok",
                                "emailConfigured": False, "inviteOnlySignup": False, "redisConfigured": True,
                                "secretScanningConfigured": False, "samlDefaultOrgSlug": None,
                                "auditLogStorageDisabled": False})
 
 
 async def login(request: web.Request) -> web.Response:
-    api = _api()
     body = await body_of(request)
     validate(request, body, [("clientId", "string", True, False), ("clientSecret", "string", True, False),
                              ("organizationSlug", "string", False, False)])
@@ -205,7 +56,6 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def renew(request: web.Request) -> web.Response:
-    api = _api()
     body = await body_of(request)
     validate(request, body, [("accessToken", "string", True, False)])
     ident, out = kms(request).renew_real(body["accessToken"])
@@ -214,7 +64,6 @@ async def renew(request: web.Request) -> web.Response:
 
 
 async def revoke(request: web.Request) -> web.Response:
-    api = _api()
     body = await body_of(request)
     validate(request, body, [("accessToken", "string", True, False)])
     ident = kms(request).revoke_real(body["accessToken"])
@@ -227,7 +76,6 @@ async def k8s_login(request: web.Request) -> web.Response:
     real one asks the cluster's TokenReview; the answers are the real ones (fixtures 24)."""
     from .k8s_auth import JwtError, subject_allowed, verify_rs256
 
-    api = _api()
     body = await body_of(request)
     validate(request, body, [("identityId", "string", True, False), ("jwt", "string", True, False),
                              ("organizationSlug", "string", False, False)])
@@ -247,18 +95,10 @@ async def k8s_login(request: web.Request) -> web.Response:
 
 
 async def list_secrets(request: web.Request) -> web.Response:
-    api = _api()
     v4 = request.path.startswith("/api/v4/")
 
     async def run() -> web.Response:
-        ident = authenticate(request)
-        project, env_slug, path, flags = read_query(request, v4)
-        request[api.LOCATION] = (project.slug, env_slug, path)
-        state = kms(request)
-        require(state, ident, "read", project, env_slug, path)
-        view = flags["viewSecretValue"] or not state.profile.view_secret_value
-        env = project.environments.get(env_slug)
-        folder = env.folders.get(path) if env else None
+        ident, state, project, env_slug, path, flags, view, env, folder = authorised_read(request, v4)
         body: dict[str, Any] = {"secrets": []}
         if flags["include_imports"]:
             body["imports"] = []
@@ -291,22 +131,14 @@ async def list_secrets(request: web.Request) -> web.Response:
         request[api.COUNT] = len(body["secrets"]) + sum(len(i["secrets"]) for i in body.get("imports", []))
         return api.ok(request, body)
 
-    return await api._audited(request, "read", run)
+    return await api.audited(request, "read", run)
 
 
 async def get_secret(request: web.Request) -> web.Response:
-    api = _api()
     name = request.match_info["name"]
 
     async def run() -> web.Response:
-        ident = authenticate(request)
-        project, env_slug, path, flags = read_query(request)
-        request[api.LOCATION] = (project.slug, env_slug, path)
-        state = kms(request)
-        require(state, ident, "read", project, env_slug, path)
-        view = flags["viewSecretValue"] or not state.profile.view_secret_value
-        env = project.environments.get(env_slug)
-        folder = env.folders.get(path) if env else None
+        ident, state, project, env_slug, path, flags, view, env, folder = authorised_read(request)
         if env is None or folder is None:
             raise KmsError(404, "NotFound", "Secret not found")
         s, where, fenv, kind = folder.secrets.get(name), folder, env, "single"
@@ -322,7 +154,7 @@ async def get_secret(request: web.Request) -> web.Response:
         value = state._expand(ident, project, fenv, where, s.value) if flags["expandSecretReferences"] else None
         return api.ok(request, {"secret": secret_json(state, project, fenv.slug, where.path, s, kind, view=view, value=value)})
 
-    return await api._audited(request, "read", run, key=name[:api.MAX_NAME])
+    return await api.audited(request, "read", run, key=name[:api.MAX_NAME])
 
 
 def _write_specs(state: DevKms, action: str) -> list:
@@ -347,7 +179,6 @@ def _write_specs(state: DevKms, action: str) -> list:
 
 
 async def _write(request: web.Request, action: str) -> web.Response:
-    api = _api()
     name = request.match_info["name"]
 
     async def run() -> web.Response:
@@ -401,7 +232,7 @@ async def _write(request: web.Request, action: str) -> web.Response:
             state.delete_secret_as(None, project.slug, env.slug, path, name)
         return api.ok(request, {"secret": secret_json(state, project, env.slug, path, s, "write")})
 
-    return await api._audited(request, action, run, key=name[:api.MAX_NAME])
+    return await api.audited(request, action, run, key=name[:api.MAX_NAME])
 
 
 async def create_secret(request: web.Request) -> web.Response:
@@ -416,115 +247,6 @@ async def delete_secret(request: web.Request) -> web.Response:
     return await _write(request, "delete")
 
 
-# ---- change events -------------------------------------------------------------------------
-
-async def events_stub(request: web.Request) -> web.Response:
-    """Hanzo's fork: the route exists, its body schema is a stub ({eventType, environmentId?}) and
-    the service behind it is not wired: the upstream body gets 422, a stub-shaped one a 500."""
-    authenticate(request)
-    body = await body_of(request)
-    validate(request, body, [("eventType", "string", True, False), ("environmentId", "string", False, False)])
-    raise KmsError(500, "InternalServerError", "Something went wrong")
-
-
-def _registrations(request: web.Request, body: dict) -> list[dict]:
-    issues = check(body, [("projectId", "string", True, False), ("register", "array", True, False)])
-    reg = body.get("register")
-    if isinstance(reg, list):
-        if not reg:
-            issues.append(size_issue(["register"], "too_small", 1))
-        elif len(reg) > MAX_REGISTRATIONS:
-            issues.append(size_issue(["register"], "too_big", MAX_REGISTRATIONS))
-        for i, item in enumerate(reg[:MAX_REGISTRATIONS + 1]):
-            if not isinstance(item, dict):
-                issues.append(type_issue(["register", i], "object", item))
-                continue
-            if item.get("event") not in EVENT_TYPES:
-                if isinstance(item.get("event"), str):
-                    issues.append(enum_issue(["register", i, "event"], list(EVENT_TYPES), item["event"]))
-                else:
-                    issues.append(type_issue(["register", i, "event"], "string", item.get("event", MISSING)))
-            cond = item.get("conditions", MISSING)
-            if cond is MISSING:
-                continue
-            if not isinstance(cond, dict):
-                issues.append(type_issue(["register", i, "conditions"], "object", cond))
-                continue
-            issues += check(cond, [("secretPath", "string", False, False), ("environmentSlug", "string", False, False)],
-                            ["register", i, "conditions"])
-    if issues:
-        raise invalid(request, issues)
-    return [{"event": r["event"], "conditions": {k: (r.get("conditions") or {}).get(k) for k in ("secretPath", "environmentSlug")}}
-            for r in reg]
-
-
-async def events_upstream(request: web.Request) -> web.StreamResponse:
-    """Upstream's project-events stream: `id: <ms>`, `event: <name>`, `data: {type, data}`;
-    `event: ping` every heartbeat; closed after event_max_seconds; auth re-checked periodically."""
-    api = _api()
-    state = kms(request)
-    ident = authenticate(request)
-    bearer = request.headers.get("Authorization", "")[7:].strip()
-    body = await body_of(request)
-    register = _registrations(request, body)
-    project = next((p for p in state.projects.values() if p.id == body["projectId"]), None)
-    if project is None:
-        raise KmsError(404, "NotFound", f"Project with ID '{body['projectId'][:200]}' not found")
-    require_member(ident, project)
-    if not state.events_on_plan:
-        raise KmsError(400, "BadRequest", "Failed to subscribe to project events: event subscriptions are not "
-                                          "available on your current plan. Upgrade your plan to use them.")
-    if not state.events_permitted or not any(r.project in ("*", project.slug, project.id) and r.read for r in ident.access):
-        raise KmsError(403, "PermissionDenied", "You are not allowed to subscribe on secret-events")
-    mine = sum(1 for s in state.subscribers if s.identity == ident.name and s.project_id == project.id)
-    if mine >= state.max_event_streams:
-        raise KmsError(429, "RateLimitExceeded",
-                       f"Too many active event streams for this project and identity (at most {state.max_event_streams})")
-    sub = Subscriber(ident.name, project.id, register, asyncio.Queue(maxsize=10000), upstream=True)
-    resp = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                                    "Connection": "keep-alive", "X-Accel-Buffering": "no"})
-    state.subscribers.append(sub)
-    log.info("events_subscribed", identity=ident.name, project=project.slug, registrations=len(register))
-    loop = asyncio.get_running_loop()
-    end = loop.time() + state.event_max_seconds
-    next_ping = loop.time() + state.event_heartbeat
-    next_auth = loop.time() + state.event_auth_recheck
-    try:
-        await resp.prepare(request)
-        await resp.write(b"event: ping\n\n")  # the stream is registered: events from here on are delivered
-        while not sub.closed.is_set():
-            now = loop.time()
-            if now >= end:
-                break
-            if now >= next_auth:
-                next_auth = now + state.event_auth_recheck
-                try:
-                    state.token_real(bearer)
-                except KmsError:
-                    break
-            get = asyncio.ensure_future(sub.queue.get())
-            closed = asyncio.ensure_future(sub.closed.wait())
-            wait = max(0.0, min(end, next_ping, next_auth) - now)
-            done, pending = await asyncio.wait({get, closed}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            for t in pending:
-                t.cancel()
-            if get in done:
-                event, msg = get.result()
-                await resp.write(f"id: {int(time.time() * 1000)}\nevent: {event}\n"
-                                 f"data: {json.dumps(msg, separators=(',', ':'))}\n\n".encode())
-            elif loop.time() >= next_ping:
-                next_ping = loop.time() + state.event_heartbeat
-                await resp.write(b"event: ping\n\n")
-        await resp.write_eof()
-    except (ConnectionError, asyncio.CancelledError):
-        pass
-    finally:
-        if sub in state.subscribers:
-            state.subscribers.remove(sub)
-        log.info("events_closed", identity=ident.name, project=project.slug)
-    return resp
-
-
 def add_routes(app: web.Application, events: str) -> None:
     r = app.router
     r.add_get("/api/status", status)
@@ -534,7 +256,7 @@ def add_routes(app: web.Application, events: str) -> None:
     r.add_post("/api/v1/auth/kubernetes-auth/login", k8s_login)
     r.add_get("/api/v3/secrets/raw", list_secrets)
     r.add_get("/api/v3/secrets/raw/{name}", get_secret)
-    if app[_api().PROFILE].infisical == "newer":  # newer servers: v4 (projectId; imports and references on by default)
+    if app[api.PROFILE].infisical == "newer":  # newer servers: v4 (projectId; imports and references on by default)
         r.add_get("/api/v4/secrets", list_secrets)
     r.add_post("/api/v3/secrets/raw/{name}", create_secret)
     r.add_patch("/api/v3/secrets/raw/{name}", update_secret)

@@ -42,18 +42,16 @@ import re
 import signal
 import stat
 import time
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Mapping
 
 from injector.keys import display_key, unsafe_key_reason
-
-_T = TypeVar("_T")
 
 DATA = "..data"
 DATA_TMP = "..data_tmp"
 LINK_TMP = "..link_tmp"
 DIR_MODE = 0o755
 _VERSION_DIR = re.compile(r"\.\.\d{4}_\d\d_\d\d_\d\d_\d\d_\d\d\.\d+\Z")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # Where a write can be cut, in order (see the test-only crash hook in the module docstring).
 CRASH_STEPS = (
@@ -119,14 +117,14 @@ class AtomicWriter:
         try:
             if not self._repaired:
                 self._repair(dfd)
-            old = _current_version(dfd)
+            old = current_version(dfd)
             if old is not None:
                 if self._last is not None and self._last[0] == old and self._last[1] == files:
                     return False
                 if self._same_on_disk(dfd, old, files):
                     self._last = (old, files)
                     self._sync_links(dfd, _top_entries(files))  # cheap no-op unless links went missing
-                    self._debug("files_unchanged", files=len(files))
+                    self._log("debug", "files_unchanged", files=len(files))
                     return False
             new = self._write_version(dfd, files)
             _crash_point("version-written")
@@ -145,7 +143,7 @@ class AtomicWriter:
             if old is not None and old != new:
                 _rmtree_quiet(dfd, old)
             self._last = (new, files)
-            self._info("files_written", version=new, files=len(files), removed=removed[:20], removed_count=len(removed))
+            self._log("info", "files_written", version=new, files=len(files), removed=removed[:20], removed_count=len(removed))
             return True
         finally:
             os.close(dfd)
@@ -165,7 +163,7 @@ class AtomicWriter:
     # -- steps -------------------------------------------------------------------------------
     def _repair(self, dfd: int) -> list[str]:
         removed: list[str] = []
-        current = _current_version(dfd)
+        current = current_version(dfd)
         for name in (DATA_TMP, LINK_TMP):
             if _unlink_quiet(dfd, name):
                 removed.append(name)
@@ -176,7 +174,7 @@ class AtomicWriter:
             removed.append(name)
             _crash_point("repair-started")
         if current is not None:
-            vfd = os.open(current, _DIR_FLAGS, dir_fd=dfd)
+            vfd = os.open(current, DIR_FLAGS, dir_fd=dfd)
             try:
                 tops = set(os.listdir(vfd))
             finally:
@@ -184,14 +182,14 @@ class AtomicWriter:
             removed += self._sync_links(dfd, tops)
         self._repaired = True
         if removed:
-            self._info("writer_repaired", removed=[display_key(n) for n in removed[:20]], removed_count=len(removed))
+            self._log("info", "writer_repaired", removed=[display_key(n) for n in removed[:20]], removed_count=len(removed))
         return removed
 
     def _write_version(self, dfd: int, files: dict[str, bytes]) -> str:
         name = _make_version_dir(dfd)
         _crash_point("version-dir-made")
         try:
-            root = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+            root = os.open(name, DIR_FLAGS, dir_fd=dfd)
             dir_fds: dict[str, int] = {"": root}
             try:
                 _set_dir_mode(root)
@@ -225,19 +223,19 @@ class AtomicWriter:
         parent, _, leaf = rel.rpartition("/")
         pfd = self._subdir(dir_fds, parent)
         os.mkdir(leaf, DIR_MODE, dir_fd=pfd)
-        fd = os.open(leaf, _DIR_FLAGS, dir_fd=pfd)
+        fd = os.open(leaf, DIR_FLAGS, dir_fd=pfd)
         _set_dir_mode(fd)
         dir_fds[rel] = fd
         return fd
 
     def _same_on_disk(self, dfd: int, version: str, files: dict[str, bytes]) -> bool:
         try:
-            vfd = os.open(version, _DIR_FLAGS, dir_fd=dfd)
+            vfd = os.open(version, DIR_FLAGS, dir_fd=dfd)
         except OSError:
             return False
         try:
             seen: set[str] = set()
-            for rel, fd in _walk_files(vfd, ""):
+            for rel, fd in walk_files(vfd, ""):
                 try:
                     want = files.get(rel)
                     if want is None:
@@ -245,7 +243,7 @@ class AtomicWriter:
                     st = os.fstat(fd)
                     if stat.S_IMODE(st.st_mode) != self.file_mode or st.st_size != len(want):
                         return False
-                    if _read_all(fd, st.st_size) != want:
+                    if read_all(fd, st.st_size) != want:
                         return False
                     seen.add(rel)
                 finally:
@@ -269,7 +267,7 @@ class AtomicWriter:
             if name not in existing:
                 os.symlink(want, name, dir_fd=dfd)
             elif existing[name] is None:
-                self._warning("entry_not_ours", key=display_key(name), detail="a file or folder that is not a writer link has this name; left alone")
+                self._log("warning", "entry_not_ours", key=display_key(name), detail="a file or folder that is not a writer link has this name; left alone")
             elif existing[name] != want:  # a stray link: replace it atomically
                 _unlink_quiet(dfd, LINK_TMP)
                 os.symlink(want, LINK_TMP, dir_fd=dfd)
@@ -282,53 +280,9 @@ class AtomicWriter:
                     removed.append(display_key(name))
         return sorted(removed)
 
-    # -- logging (names and counts only) -------------------------------------------------------
-    def _info(self, event: str, **fields: Any) -> None:
+    def _log(self, level: str, event: str, **fields: Any) -> None:  # names and counts only, never bytes
         if self.log is not None:
-            self.log.info(event, dir=self.target_dir, **fields)
-
-    def _debug(self, event: str, **fields: Any) -> None:
-        if self.log is not None:
-            self.log.debug(event, dir=self.target_dir, **fields)
-
-    def _warning(self, event: str, **fields: Any) -> None:
-        if self.log is not None:
-            self.log.warning(event, dir=self.target_dir, **fields)
-
-
-def read_current(target_dir: str) -> dict[str, bytes]:
-    """The files of the version `..data` points at, {relative path: bytes}; {} if none."""
-    return _map_current(target_dir, lambda fd: _read_all(fd, os.fstat(fd).st_size))
-
-
-def read_modes(target_dir: str) -> dict[str, int]:
-    """{relative path: permission bits} of the current version (for tests and diagnostics)."""
-    return _map_current(target_dir, lambda fd: stat.S_IMODE(os.fstat(fd).st_mode))
-
-
-def _map_current(target_dir: str, per_file: Callable[[int], _T]) -> dict[str, _T]:
-    """{relative path: per_file(fd)} over the current version's files; {} if there is none."""
-    try:
-        dfd = os.open(target_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return {}
-    try:
-        version = _current_version(dfd)
-        if version is None:
-            return {}
-        vfd = os.open(version, _DIR_FLAGS, dir_fd=dfd)
-        try:
-            out = {}
-            for rel, fd in _walk_files(vfd, "", strict=False):
-                try:
-                    out[rel] = per_file(fd)
-                finally:
-                    os.close(fd)
-            return out
-        finally:
-            os.close(vfd)
-    finally:
-        os.close(dfd)
+            getattr(self.log, level)(event, dir=self.target_dir, **fields)
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -338,7 +292,7 @@ class _NotAFile(Exception):
     pass
 
 
-def _current_version(dfd: int) -> str | None:
+def current_version(dfd: int) -> str | None:
     """Name of the version folder `..data` points at, if it is a well-formed one that exists."""
     try:
         target = os.readlink(DATA, dir_fd=dfd)
@@ -383,7 +337,7 @@ def _top_entries(files: Mapping[str, bytes]) -> set[str]:
     return {rel.split("/", 1)[0] for rel in files}
 
 
-def _walk_files(dir_fd: int, prefix: str, strict: bool = True):
+def walk_files(dir_fd: int, prefix: str, strict: bool = True):
     """Yield (relative path, open fd) for every regular file under dir_fd; never follows links.
 
     Anything else (a symlink, a fifo) raises _NotAFile when strict, else is skipped."""
@@ -392,9 +346,9 @@ def _walk_files(dir_fd: int, prefix: str, strict: bool = True):
     for name, is_dir, is_file in entries:
         rel = prefix + name
         if is_dir:
-            sub = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            sub = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
             try:
-                yield from _walk_files(sub, rel + "/", strict)
+                yield from walk_files(sub, rel + "/", strict)
             finally:
                 os.close(sub)
         elif is_file:
@@ -410,7 +364,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _read_all(fd: int, size_hint: int) -> bytes:
+def read_all(fd: int, size_hint: int) -> bytes:
     chunks = []
     while True:
         chunk = os.read(fd, max(size_hint, 65536))
@@ -434,3 +388,13 @@ def _rmtree_quiet(dfd: int, name: str) -> None:
         shutil.rmtree(name, dir_fd=dfd)
     except FileNotFoundError:
         pass
+
+
+def __getattr__(name: str) -> Any:
+    # read_current and read_modes moved to mount_read.py; old imports keep working, and the
+    # write path (every agent run) does not load the reader.
+    if name in ("read_current", "read_modes"):
+        from injector import mount_read
+
+        return getattr(mount_read, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""injector.config.dict_to_json / config_to_json: ONE config encoding, two ways to produce it: the
+"""injector.config_json.dict_to_json / config_to_json: ONE config encoding, two ways to produce it: the
 stdlib (the agent) or a fast sorted-keys dumps the webhook passes in (orjson), used only where its
 bytes are the stdlib's. The two agree byte for byte, non-ASCII text, DEL, control characters, odd
 floats and huge integers included, on made-up dicts and on real AgentConfigs."""
@@ -12,8 +12,9 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from injector import config as cfgmod
-from injector.config import AgentConfig, Source, config_to_json, dict_to_json, dict_to_json_stdlib
+from injector import config_json as cfgmod
+from injector.config import AgentConfig, Source
+from injector.config_json import config_to_json, dict_to_json, dict_to_json_stdlib
 
 from .test_mutate_properties import FUZZ
 

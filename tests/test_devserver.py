@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from devkms import SeedError, parse_seed, run_dev_kms, tiny_seed
-from devkms.state import path_matches
+from devkms.model import path_matches
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_FIELDS = {"id", "_id", "workspace", "environment", "version", "type", "secretKey", "secretValue",

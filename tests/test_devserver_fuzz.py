@@ -76,20 +76,27 @@ CANONICAL_ROUTES = [("POST", "/v1/kms/auth/login"), ("POST", "/v1/kms/secrets"),
 MODELLED_500 = {("hanzo-node", "/v1/events/subscribe/project-events"): {"message": "Something went wrong", "error": "InternalServerError"}}
 
 
-@pytest.mark.parametrize("profile", ["infisical-recorded", "hanzo-node", "infisical-events", "canonical", "canonical-older",
-                                     "canonical-nolist"])
-def test_fuzz_bodies_never_500_in_real_profiles(dev_server_process, tmp_path, profile):
+def _logged_in(dev_server_process, tmp_path, profile: str, *flags: str):
+    """A dev-server process of `profile` (the tiny seed) and a token of svc-id from its login
+    route: (server, root URL, canonical?, token)."""
     from devkms import tiny_seed
 
     seed = tmp_path / "seed.json"
     seed.write_text(json.dumps(tiny_seed()))
-    srv = dev_server_process("--seed", str(seed), "--test-hooks", "--lockout-seconds", "0", "--profile", profile)
+    srv = dev_server_process("--seed", str(seed), *flags, "--profile", profile)
     root = srv.base_url.removesuffix("/api")
     canonical = profile.startswith("canonical")
     login = (root + "/v1/kms/auth/login") if canonical else (srv.base_url + "/v1/auth/universal-auth/login")
     with urllib.request.urlopen(urllib.request.Request(login, method="POST", data=b'{"clientId": "svc-id", "clientSecret": "svc-secret"}',
                                                        headers={"Content-Type": "application/json"}), timeout=20) as r:
         token = json.loads(r.read())["accessToken"]
+    return srv, root, canonical, token
+
+
+@pytest.mark.parametrize("profile", ["infisical-recorded", "hanzo-node", "infisical-events", "canonical", "canonical-older",
+                                     "canonical-nolist"])
+def test_fuzz_bodies_never_500_in_real_profiles(dev_server_process, tmp_path, profile):
+    srv, root, canonical, token = _logged_in(dev_server_process, tmp_path, profile, "--test-hooks", "--lockout-seconds", "0")
     routes = CANONICAL_ROUTES if canonical else [r for r in ROUTES if not r[1].startswith("/v1/kms/")]
     seen: dict[int, int] = {}
 
@@ -143,17 +150,7 @@ def test_fuzz_queries_never_500(dev_server_process, tmp_path, profile):
     server's own 500 for an unknown project slug is the one modelled exception)."""
     from urllib.parse import urlencode
 
-    from devkms import tiny_seed
-
-    seed = tmp_path / "seed.json"
-    seed.write_text(json.dumps(tiny_seed()))
-    srv = dev_server_process("--seed", str(seed), "--profile", profile)
-    root = srv.base_url.removesuffix("/api")
-    canonical = profile.startswith("canonical")
-    login = (root + "/v1/kms/auth/login") if canonical else (srv.base_url + "/v1/auth/universal-auth/login")
-    with urllib.request.urlopen(urllib.request.Request(login, method="POST", data=b'{"clientId": "svc-id", "clientSecret": "svc-secret"}',
-                                                       headers={"Content-Type": "application/json"}), timeout=20) as r:
-        token = json.loads(r.read())["accessToken"]
+    srv, root, canonical, token = _logged_in(dev_server_process, tmp_path, profile)
 
     @settings(max_examples=max(30, EXAMPLES // 2), deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(path=st.sampled_from(GET_ROUTES["canonical" if canonical else "infisical"]),

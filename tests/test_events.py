@@ -13,7 +13,7 @@ import pytest
 
 from devkms.server import run_dev_kms
 from injector.event_trigger import Debouncer
-from injector.kms.events import SseParser, match_event, registrations
+from injector.kms.event_protocol import SseParser, match_event, registrations
 from tests.agent_support import (
     CHAT, CLIENT_ID, CLIENT_SECRET, ENV, IDENTITY, PROJECT, agent_args, app_reloads, free_port, init_then_app,
     metric, metrics, read_folder, seed, spawn, wait_for, write_credentials,

@@ -17,9 +17,8 @@ from aiohttp import web
 
 from injector.kms.auth import UniversalAuthFiles
 from injector.kms.client import KmsClient
-from injector.kms.events import (
-    MAX_REGISTRATIONS, EventSubscriber, SubscribePolicy, common_prefix, match_event, registrations,
-)
+from injector.kms.event_protocol import MAX_REGISTRATIONS, common_prefix, match_event, registrations
+from injector.kms.events import EventSubscriber, SubscribePolicy
 from injector.log import Logger
 from tests.agent_support import (
     CLIENT_ID, CLIENT_SECRET, ENV, PROJECT, agent_args, read_folder, serve_app, spawn, wait_for, write_credentials,

@@ -16,7 +16,7 @@ from injector.kms.client import KmsClient
 from injector.kms.errors import (
     BadRequest, EmptyFolder, InvalidCredentials, KmsError, NotFound, PermissionDenied, ServerError, error_from_response,
 )
-from injector.kms.events import classify_refusal
+from injector.kms.event_protocol import classify_refusal
 from injector.kms.http import Headers, Response
 from injector.kms.secrets import parse_folder, parse_secret
 

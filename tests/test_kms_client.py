@@ -440,7 +440,9 @@ def _jwt(key: Any, claims: dict) -> str:
     return f"{head}.{body}.{b64(sig)}"
 
 
-async def test_kubernetes_auth_rereads_token_file(dev_kms_factory: Any, tmp_path: Path) -> None:
+async def _k8s_dev_kms(dev_kms_factory: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """A dev KMS whose identity ident-k8s-app logs in as service account apps:chat (audience kms),
+    verified with a fresh RSA key: (the server, the signing key, the claims of a valid token)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -453,8 +455,12 @@ async def test_kubernetes_auth_rereads_token_file(dev_kms_factory: Any, tmp_path
                                "kubernetes": {"serviceAccounts": ["apps:chat"], "audience": "kms"},
                                "access": [{"project": P, "environments": ["prod"], "paths": ["/**"], "read": True}]})
     kms = await dev_kms_factory(seed=seed, k8s_public_key_pem=pem)
+    return kms, key, {"sub": "system:serviceaccount:apps:chat", "aud": ["kms"], "exp": int(time.time()) + 600}
+
+
+async def test_kubernetes_auth_rereads_token_file(dev_kms_factory: Any, tmp_path: Path) -> None:
+    kms, key, claims = await _k8s_dev_kms(dev_kms_factory)
     token_file = tmp_path / "token"
-    claims = {"sub": "system:serviceaccount:apps:chat", "aud": ["kms"], "exp": int(time.time()) + 600}
     good = _jwt(key, claims)
     token_file.write_text(good + "\n")
     async with KmsClient(kms.base_url, KubernetesAuthFile("ident-k8s-app", str(token_file))) as client:
@@ -476,20 +482,8 @@ async def test_kubernetes_auth_rereads_token_file(dev_kms_factory: Any, tmp_path
 async def test_kubernetes_token_rotation_needs_no_login_and_the_next_login_reads_the_file(dev_kms_factory: Any, tmp_path: Path) -> None:
     """Issue 12 point 7: a rotated projected token (the agent's watch calls credentials_changed())
     keeps the KMS token; the login that comes anyway (here: KMS expired the token) reads the file."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    from devkms import tiny_seed
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    seed = tiny_seed()
-    seed["identities"].append({"name": "k8s-app", "id": "ident-k8s-app", "clientId": "k8s-app-id", "clientSecret": "unused-secret",
-                               "kubernetes": {"serviceAccounts": ["apps:chat"], "audience": "kms"},
-                               "access": [{"project": P, "environments": ["prod"], "paths": ["/**"], "read": True}]})
-    kms = await dev_kms_factory(seed=seed, k8s_public_key_pem=pem)
+    kms, key, claims = await _k8s_dev_kms(dev_kms_factory)
     token_file = tmp_path / "token"
-    claims = {"sub": "system:serviceaccount:apps:chat", "aud": ["kms"], "exp": int(time.time()) + 600}
     token_file.write_text(_jwt(key, claims))
     creds = KubernetesAuthFile("ident-k8s-app", str(token_file))
     assert creds.relogin_on_change is False and UniversalAuthFiles(str(tmp_path)).relogin_on_change is True

@@ -124,6 +124,17 @@ async def _read_request(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
 
 
+def answer_once(reply: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A raw_server handler: read one request's head, send `reply` byte for byte, close."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    return handler
+
+
 # -- tests -------------------------------------------------------------------------------------
 
 async def test_json_request_keepalive_prefix_and_headers() -> None:
@@ -368,13 +379,7 @@ BAD_FRAMINGS = [
 
 @pytest.mark.parametrize("reply", BAD_FRAMINGS, ids=range(len(BAD_FRAMINGS)))
 async def test_strict_framing_refuses_loose_sizes_and_lengths(reply: bytes) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
-        writer.write(reply)
-        await writer.drain()
-        writer.close()
-
-    async with raw_server(handler) as port:
+    async with raw_server(answer_once(reply)) as port:
         client = HttpClient(f"http://127.0.0.1:{port}")
         try:
             with pytest.raises(ProtocolError):
@@ -396,13 +401,7 @@ async def test_strict_framing_refuses_loose_sizes_and_lengths(reply: bytes) -> N
 ])
 async def test_framing_errors_never_quote_the_bytes(reply: bytes) -> None:
     """h11 quotes what it could not parse; those bytes may be secret values: never in our errors."""
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
-        writer.write(reply)
-        await writer.drain()
-        writer.close()
-
-    async with raw_server(handler) as port:
+    async with raw_server(answer_once(reply)) as port:
         client = HttpClient(f"http://127.0.0.1:{port}")
         try:
             with pytest.raises(ProtocolError) as info:
@@ -419,13 +418,7 @@ async def test_chunk_extensions_and_trailers_are_accepted() -> None:
     reply = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
              b"5;name=value\r\nhello\r\nA\r\n 0123456789\r\n0\r\nX-Trailer: t\r\n\r\n")
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
-        writer.write(reply.replace(b"\r\n 0123456789", b"\r\n0123456789"))
-        await writer.drain()
-        writer.close()
-
-    async with raw_server(handler) as port:
+    async with raw_server(answer_once(reply.replace(b"\r\n 0123456789", b"\r\n0123456789"))) as port:
         client = HttpClient(f"http://127.0.0.1:{port}")
         try:
             assert (await client.request("GET", "/x")).body == b"hello0123456789"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from injector.writer import DATA, AtomicWriter, read_current
+from injector.mount_read import read_current
+from injector.writer import DATA, AtomicWriter
 from tests.agent_support import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from devkms import run_dev_kms
-from devkms.state import Fault
+from devkms.model import Fault
 from tests.agent_support import (
     BILLING, CHAT, CLIENT_ID, CLIENT_SECRET, ENV, IDENTITY, PROJECT, agent_args, read_folder, seed, serve_app, spawn,
     wait_for, write_credentials,

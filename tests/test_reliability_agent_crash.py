@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 
 from devkms.server import run_dev_kms
-from injector.writer import CRASH_STEPS, DATA, read_current
+from injector.mount_read import read_current
+from injector.writer import CRASH_STEPS, DATA
 from tests.agent_support import CLIENT_ID, CLIENT_SECRET, ENV, PROJECT, agent_args, seed, spawn, write_credentials
 from tests.test_reader_consistency import assert_clean, check, payload, start_reader, stop_reader
 

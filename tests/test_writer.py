@@ -17,7 +17,8 @@ import pytest
 from injector.config import AgentConfig, Source
 from injector.log import Logger
 from injector.render import render
-from injector.writer import DATA, AtomicWriter, UnsafePathError, read_current, read_modes, validate_paths
+from injector.mount_read import read_current, read_modes
+from injector.writer import DATA, AtomicWriter, UnsafePathError, validate_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSION_DIR = re.compile(r"^\.\.\d{4}_\d\d_\d\d_\d\d_\d\d_\d\d\.\d{9}$")

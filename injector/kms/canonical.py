@@ -22,6 +22,8 @@ folder is hashed locally, so an unchanged folder reads as not_modified. No renew
 manager logs in afresh at 2/3 of the token's life and on any 401; `expiresIn: 0` counts as one
 hour. No events. A key the server cannot address (its segment rules) is skipped with a warning
 naming the key; the rest is delivered.
+
+The pure rules (names each surface can address, listings, a missing route) are canonical_listing.py.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -39,16 +40,16 @@ from injector.kms.auth import token_rejected, transport_error
 from injector.kms.errors import BadResponse, EmptyFolder, KmsError, ListUnavailable, NotFound, error_from_response
 from injector.kms.http import HttpError, Response
 from injector.kms.secrets import FetchResult, local_etag
+from injector.kms.canonical_listing import (
+    CONTROL_CHARS, CURRENT, KEYS_ANNOTATION, OLDER, Entry, current_entries, older_entries, route_missing, sub_path,
+    unaddressable,
+)
 
 LOGIN_PATH = "/v1/kms/auth/login"
 HEALTH_PATH = "/healthz"
-CURRENT, OLDER = "current", "older"
 CONCURRENCY = 4
 ZERO_EXPIRES_IN = 3600.0  # `expiresIn: 0` from an IAM-backed server: use it an hour, then log in again
-KEYS_ANNOTATION = "kms.hanzo.ai/keys"
 _RACE_RETRIES = 1  # a key deleted between the listing and its read: list again, once
-_OLDER_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def root_url(host: str) -> str:
@@ -107,32 +108,7 @@ def token_org(token: str) -> str:
     except (ValueError, TypeError):
         return ""
     owner = claims.get("owner") if isinstance(claims, dict) else None
-    return owner if isinstance(owner, str) and owner and not _CONTROL.search(owner) else ""
-
-
-def sub_path(path: str) -> str:
-    """The folder path without its leading and trailing '/': '/a/b' -> 'a/b', '/' -> ''."""
-    return "/".join(p for p in path.split("/") if p)
-
-
-def unaddressable(name: str, surface: str) -> str | None:
-    """Why the server cannot address key `name` on `surface` (None: it can)."""
-    if not name or name in (".", ".."):
-        return "the server refuses an empty, '.' or '..' segment"
-    if "/" in name:
-        return "a '/' in a name would address another folder"
-    if surface == OLDER:
-        if not _OLDER_SEGMENT.fullmatch(name):
-            return "the older canonical API takes only [A-Za-z0-9._-] in a name"
-        return None
-    if _CONTROL.search(name):
-        return "the server refuses control characters in a name"
-    try:
-        if len(name.encode("utf-8")) > 253:
-            return "the server takes names of at most 253 bytes"
-    except UnicodeEncodeError:
-        return "the name is not valid UTF-8"
-    return None
+    return owner if isinstance(owner, str) and owner and not CONTROL_CHARS.search(owner) else ""
 
 
 class _RouteMissing(Exception):
@@ -141,24 +117,6 @@ class _RouteMissing(Exception):
 
 class _Vanished(Exception):
     pass
-
-
-def _route_missing(resp: Response) -> bool:
-    if resp.status == 405:
-        return True
-    if resp.status != 404:
-        return False
-    try:
-        data = resp.json()
-    except ValueError:
-        return True  # Go's mux: "404 page not found" as text
-    return not (isinstance(data, dict) and isinstance(data.get("message"), str))
-
-
-@dataclass
-class _Entry:
-    name: str
-    version: Any = None  # older surface only
 
 
 @dataclass
@@ -191,7 +149,7 @@ class CanonicalBackend:
             resp = await client.tokens.authorized(send)
         except HttpError as exc:
             raise transport_error(exc, client.tokens.redact(), **where) from None
-        if route_check and _route_missing(resp):
+        if route_check and route_missing(resp):
             raise _RouteMissing()
         redact = client.tokens.redact()
         if resp.status != 200:
@@ -206,18 +164,18 @@ class CanonicalBackend:
         return token_org(token) or project  # a token without `owner`: the project slug names the org
 
     # -- listing ------------------------------------------------------------------------------
-    async def _list(self, project: str, env: str, path: str, where: dict[str, Any]) -> list[_Entry]:
+    async def _list(self, project: str, env: str, path: str, where: dict[str, Any]) -> list[Entry]:
         surfaces = [self.surface] if self.surface else [CURRENT, OLDER]
         for surface in surfaces:
             try:
                 if surface == CURRENT:
                     data = await self._get("/v1/kms/secrets", {"path": path, "env": env}, where, route_check=True)
-                    entries = _current_entries(data, path, where)
+                    entries = current_entries(data, path, where)
                 else:
                     org = await self._org(project)
                     data = await self._get(f"/v1/kms/orgs/{quote(org, safe='')}/secrets",
                                            {"prefix": sub_path(path), "env": env}, where, route_check=True)
-                    entries = _older_entries(data, path, where)
+                    entries = older_entries(data, path, where)
             except _RouteMissing:
                 continue
             self._settle(surface, has_list=True)
@@ -295,13 +253,13 @@ class CanonicalBackend:
         """({name: value}, how many names the server listed or the config named)."""
         explicit = bool(keys)
         if explicit:
-            entries = [_Entry(k) for k in dict.fromkeys(keys)]
+            entries = [Entry(k) for k in dict.fromkeys(keys)]
         else:
             entries = await self._list(project, env, path, where)
         surface = self.surface or CURRENT
         cache = self._caches.setdefault((env, path), _FolderCache())
         out: dict[str, str] = {}
-        todo: list[_Entry] = []
+        todo: list[Entry] = []
         unsafe: dict[str, str] = {}
         for e in entries:
             reason = unaddressable(e.name, surface)
@@ -321,7 +279,7 @@ class CanonicalBackend:
         sem = asyncio.Semaphore(max(1, concurrency))
         fresh: dict[str, tuple[Any, str]] = {}
 
-        async def one(e: _Entry) -> None:
+        async def one(e: Entry) -> None:
             async with sem:
                 try:
                     version, value = await self._read(project, env, path, e.name, where)
@@ -356,53 +314,3 @@ class CanonicalBackend:
         self._warned.add(key)
         self.client.log.warning("key_skipped", key=name[:200], path=path, reason=reason,
                                 action="the other keys are delivered")
-
-
-def _folder_of(entry_path: Any) -> str | None:
-    if not isinstance(entry_path, str):
-        return None
-    return "/" + sub_path(entry_path)
-
-
-def _current_entries(data: Any, path: str, where: dict[str, Any]) -> list[_Entry]:
-    """The folder's own names from a current-surface listing (recursive: filter by `path`)."""
-    if not isinstance(data, dict):
-        raise BadResponse("listing is not a JSON object", status=200, **where)
-    want = "/" + sub_path(path)
-    items = data.get("secrets")
-    if isinstance(items, list) and all(isinstance(i, dict) for i in items) and (items or not data.get("names")):
-        out = []
-        for item in items:
-            name = item.get("name")
-            if not isinstance(name, str):
-                continue  # malformed row: nothing we could read by
-            folder = _folder_of(item.get("path"))
-            if folder is None or folder == want:
-                out.append(_Entry(name))
-        return out
-    names = data.get("names")
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise BadResponse("field names is missing or not a list of strings (and no secrets list)", status=200, **where)
-    return [_Entry(n) for n in names]
-
-
-def _older_entries(data: Any, path: str, where: dict[str, Any]) -> list[_Entry]:
-    """The folder's own names and versions from an older-surface listing (recursive, by prefix)."""
-    if not isinstance(data, dict) or not isinstance(data.get("secrets"), list):
-        raise BadResponse("field secrets is missing or not a list", status=200, **where)
-    if data.get("truncated") is True:
-        # Keys missing from a cut listing would be deleted from the mount: refuse, keep the files.
-        raise ListUnavailable(f"the listing was cut at {len(data['secrets'])} rows (the server's cap); name the keys "
-                              f"in the annotation {KEYS_ANNOTATION} (comma list)", status=200, **where)
-    want = "/" + sub_path(path)
-    out = []
-    for item in data["secrets"]:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            continue
-        if _folder_of(item.get("path")) not in (want, None):
-            continue
-        version = item.get("version")
-        if isinstance(version, bool) or not isinstance(version, (int, str)):
-            version = None  # no usable change signal for this row: it is read every poll
-        out.append(_Entry(item["name"], version))
-    return out

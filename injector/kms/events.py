@@ -25,6 +25,7 @@ What a refusal means (SubscribePolicy holds the numbers):
   `relogin_limit` refused tokens in a row, events count as not available.
 - a dropped or silent stream, network errors: reconnect with capped backoff and full jitter.
 Against a server that always refuses, the loop is bounded: see `attempts_per_hour`.
+The wire format (SSE framing, registrations, matching, refusals) is event_protocol.py.
 Stdlib only (this runs inside the agent).
 """
 
@@ -33,22 +34,26 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from injector.backoff import Backoff
-from injector.kms.errors import BadResponse, KmsError, RateLimited, ServerError, error_from_response
+from injector.kms.errors import BadResponse, KmsError, RateLimited, ServerError
+from injector.kms.event_protocol import (
+    EVENT_TYPES, MAX_REGISTRATIONS, SUBSCRIBE_PATH, UNAVAILABLE_STATUSES, ChangeEvent, SseParser, classify_refusal,
+    match_event, norm_path, registrations,
+)
 from injector.kms.http import HttpError
 
-SUBSCRIBE_PATH = "/v1/events/subscribe/project-events"
-EVENT_TYPES = ("secret:create", "secret:update", "secret:delete", "secret:import-mutation")
 IDLE_TIMEOUT = 75.0  # servers send `event: ping` every 15 s; silence this long = a dead stream
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 HEALTHY_AFTER = 10.0  # a stream that stayed up this long resets the backoff
-MAX_REGISTRATIONS = 10  # the server's limit per subscription
 ROTATED_AFTER = 50 * 60.0  # a stream closed after this long is the server's one-hour close, not a fault
-UNAVAILABLE_STATUSES = (400, 403, 404, 405, 422, 501)
+
+# Protocol names other modules import from here (they live in event_protocol.py; the relay uses them).
+__all__ = ["EVENT_TYPES", "MAX_REGISTRATIONS", "SUBSCRIBE_PATH", "UNAVAILABLE_STATUSES", "ChangeEvent", "EventSubscriber",
+           "SseParser", "SubscribePolicy", "classify_refusal", "match_event", "registrations"]
 
 
 @dataclass(frozen=True)
@@ -73,147 +78,6 @@ class SubscribePolicy:
         per_round = max(self.server_error_limit, self.relogin_limit, 1)
         low = 1 - self.jitter
         return max(per_round * 3600.0 / (self.unavailable_retry * low), 3600.0 / (self.rate_limited_floor * low))
-
-
-# -- pure: SSE framing ---------------------------------------------------------------------------
-
-@dataclass
-class SseMessage:
-    event: str = "message"
-    data: str = ""
-    id: str | None = None
-
-
-class SseParser:
-    """Incremental text/event-stream parser (WHATWG rules). Feed it lines without line endings;
-    it returns a message at each blank line that ends one. Comments (`: ping`) are skipped;
-    multi-line `data:` fields are joined with newlines; a `retry:` field is kept in `retry_ms`."""
-
-    def __init__(self) -> None:
-        self._event = ""
-        self._data: list[str] = []
-        self._id: str | None = None
-        self.retry_ms: int | None = None
-
-    def feed(self, line: str) -> SseMessage | None:
-        if line == "":
-            if not self._data:
-                self._event = ""
-                return None
-            msg = SseMessage(self._event or "message", "\n".join(self._data), self._id)
-            self._event, self._data = "", []
-            return msg
-        if line.startswith(":"):
-            return None  # comment / heartbeat
-        name, sep, value = line.partition(":")
-        if sep and value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        elif name == "id" and "\x00" not in value:
-            self._id = value
-        elif name == "retry" and value.isdigit():
-            self.retry_ms = int(value)
-        return None
-
-
-# -- pure: what we subscribe to and what matches ---------------------------------------------------
-
-@dataclass(frozen=True)
-class ChangeEvent:
-    """One matching change. kind: "change" (KMS said so) or "resync" (stream (re)connected)."""
-
-    kind: str
-    event_type: str = ""
-    environment: str = ""
-    secret_path: str = ""
-    keys: tuple[str, ...] = field(default=(), repr=False)  # names only; never values
-
-
-def registrations(env: str, paths: Iterable[str]) -> list[dict[str, Any]]:
-    """The `register` list (1 to MAX_REGISTRATIONS): every event type for each folder while that
-    fits (two folders), else for the folders' common prefix (the server matches by prefix; we
-    filter exactly in match_event)."""
-    folders = list(dict.fromkeys(_norm(p) for p in paths)) or ["/"]
-    if len(folders) * len(EVENT_TYPES) > MAX_REGISTRATIONS:
-        folders = [common_prefix(folders)]
-    return [{"event": event, "conditions": {"secretPath": path, "environmentSlug": env}}
-            for path in folders for event in EVENT_TYPES]
-
-
-def common_prefix(paths: list[str]) -> str:
-    """The longest folder path every one of `paths` is in ('/' at worst)."""
-    split = [[p for p in path.split("/") if p] for path in paths]
-    out: list[str] = []
-    for parts in zip(*split):
-        if any(p != parts[0] for p in parts):
-            break
-        out.append(parts[0])
-    return "/" + "/".join(out)
-
-
-def _norm(path: str) -> str:
-    parts = [p for p in str(path).split("/") if p]
-    return "/" + "/".join(parts)
-
-
-def match_event(data: Any, env: str, paths: Iterable[str]) -> ChangeEvent | None:
-    """A ChangeEvent when an event payload concerns one of our folders in our env, else None.
-
-    Lenient where it is safe to be: a fetch is cheap and a missed change is not. An event of a
-    known type whose payload lacks environment/path counts as a match; an import mutation counts
-    whatever folder it names (the changed folder may be the imported one, not ours)."""
-    if not isinstance(data, dict):
-        return None
-    inner = data.get("data") if isinstance(data.get("data"), dict) else data
-    event_type = inner.get("eventType") or inner.get("event")
-    if event_type not in EVENT_TYPES:
-        return None
-    payload = inner.get("payload")
-    items = payload if isinstance(payload, list) else [payload] if isinstance(payload, dict) else []
-    wanted = {_norm(p) for p in paths}
-    if not items:
-        return ChangeEvent("change", event_type)
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        ev_env = item.get("environment") or item.get("environmentSlug")
-        if isinstance(ev_env, str) and ev_env and ev_env != env:
-            continue
-        ev_path = item.get("secretPath")
-        if event_type != "secret:import-mutation" and isinstance(ev_path, str) and _norm(ev_path) not in wanted:
-            continue
-        keys = tuple(k for i in items if isinstance(i, dict) for k in _keys_of(i))
-        return ChangeEvent("change", event_type, env, _norm(ev_path) if isinstance(ev_path, str) else "", keys)
-    return None
-
-
-def _keys_of(item: dict[str, Any]) -> list[str]:
-    """Key names in a payload item: `secretKeys` (the real servers: a string, or a list) or `secretKey`."""
-    value = item.get("secretKeys", item.get("secretKey"))
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, str)][:100]
-    return []
-
-
-def classify_refusal(status: int, body: bytes, retry_after: str | None = None, redact: Iterable[str] = (),
-                     **where: Any) -> tuple[str, KmsError]:
-    """PURE: what a non-200 answer to subscribe means: ("relogin" | "unavailable" | "retry", error).
-
-    "unavailable": the statuses in UNAVAILABLE_STATUSES (plan, permission, no route, stub schema);
-    "relogin": 401 or 403 TokenError; "retry": the rest (429, 5xx: the caller counts them)."""
-    err = error_from_response(status, body, retry_after, list(redact), **where)
-    if status == 401 or (status == 403 and err.error_code == "TokenError"):
-        return "relogin", err
-    if status in UNAVAILABLE_STATUSES:
-        said = ": ".join(x for x in (err.error_code, err.kms_message) if x)
-        err.detail = f"{SUBSCRIBE_PATH} answered {status}" + (f" ({said})" if said else "")
-        return "unavailable", err
-    return "retry", err
 
 
 # -- I/O: the subscription loop ------------------------------------------------------------------
@@ -249,7 +113,7 @@ class EventSubscriber:
         self.client = client
         self.project = project
         self.env = env
-        self.paths = [_norm(p) for p in paths]
+        self.paths = [norm_path(p) for p in paths]
         self.log = logger
         # With an owner (the agent) that logs in on its own schedule, the subscriber never logs in
         # itself: it waits for a valid token, and asks the owner (once per rejected token) to
