@@ -132,6 +132,8 @@ class AgentLoop:
     async def _pause(self, base: float) -> str:
         """After a successful sync: sleep `base` x the pace factor, or until woken. A change of
         factor re-plans the rest of the sleep (see the module doc); returns the wake reason."""
+        if self._pace is _unstretched:  # no relay: the plain sleep
+            return await self._sleep(base)
         clock = asyncio.get_running_loop().time
         start = clock()
         factor = self.poll_factor()

@@ -121,7 +121,7 @@ def relay_metrics(state: Any, wakeups: list[int], debouncer: "Debouncer | None" 
         m.relay_reconnects_total = max(0, state.connects - 1)
         m.relay_failures_total = state.failures
         m.relay_refusals_total = state.refusals
-        m.event_wakeups_total = wakeups[0]
+        m.relay_wakeups_total = wakeups[0]
 
     return collect
 

@@ -45,6 +45,7 @@ class Metrics:
     relay_reconnects_total: int = 0  # relay streams opened after the first one
     relay_failures_total: int = 0  # relay streams that failed, dropped or went silent
     relay_refusals_total: int = 0  # subscriptions the relay refused (400/401/403)
+    relay_wakeups_total: int = 0  # early fetches the relay caused (after debouncing; one per (re)connect)
     poll_factor: float = 1.0  # the safety-net poll is stretched this much now (relay healthy)
 
 
@@ -71,6 +72,7 @@ _HELP = {
     "relay_reconnects_total": ("counter", "Relay streams opened after the first one."),
     "relay_failures_total": ("counter", "Relay streams that could not be opened, dropped or went silent."),
     "relay_refusals_total": ("counter", "Subscriptions the relay refused (bad request, token or path policy)."),
+    "relay_wakeups_total": ("counter", "Early fetches caused by the relay (debounced notices, one per (re)connect)."),
     "poll_factor": ("gauge", "How much the safety-net poll is stretched now (the relay's factor while it is healthy, else 1)."),
 }
 

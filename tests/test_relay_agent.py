@@ -127,6 +127,7 @@ async def test_a_rotation_reaches_the_right_agent_in_about_the_relay_poll_interv
     value = relay.kms.rotate("/restricted")
     await wait_for(lambda: restricted.files().get("ROTATED") == value, 20, "the rotation in /restricted's files")
     assert await restricted.metric("relay_notices_total") == 1
+    assert await restricted.metric("relay_wakeups_total") == 2  # the subscribe-time refetch, then the notice
     await relay_polls(relay, 2)  # the other agent had two relay rounds to (wrongly) fetch
     assert app.reads() == reads["agent-app"] and "ROTATED" not in app.files()
     assert await app.metric("relay_notices_total") == 0
