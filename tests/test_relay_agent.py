@@ -61,14 +61,24 @@ class Agent:
             raise AssertionError(f"{self.name} exited ({self.proc.popen.returncode}):\n{self.proc.stderr()[-3000:]}")
         return metric(await metrics(self.port), f"kms_agent_{name}")
 
-    async def wait_metric(self, name: str, value: float, timeout: float = 60.0) -> None:
+    async def wait_metric(self, name: str, value: float, timeout: float = 60.0, at_least: bool = False) -> None:
         async def check() -> bool:
             try:
-                return await self.metric(name) == value
+                got = await self.metric(name)
             except OSError:
                 return False
+            return got >= value if at_least else got == value
 
-        await wait_for(check, timeout, f"{self.name}: kms_agent_{name} == {value:g}", interval=0.2)
+        await wait_for(check, timeout, f"{self.name}: kms_agent_{name} {'>=' if at_least else '=='} {value:g}", interval=0.2)
+
+    async def subscribed(self, factor: float) -> None:
+        """Connected, the poll stretched, and the subscribe-time refetch done (sync #2 or later): from here
+        on, every KMS read of this agent is a notice's or a safety-net poll's."""
+        await self.wait_metric("relay_connected", 1)
+        await self.wait_metric("poll_factor", factor)
+        await self.wait_metric("relay_wakeups_total", 1)
+        await self.wait_metric("syncs_total", 2, at_least=True)
+        await self.wait_metric("fetch_pending", 0)  # woken by the relay, and that fetch is over
 
     def stop(self) -> None:
         stop_process(self.proc.popen, timeout=10)
@@ -116,8 +126,7 @@ async def test_a_rotation_reaches_the_right_agent_in_about_the_relay_poll_interv
     restricted = Agent(relay, "agent-restricted", "/restricted", relay.kube.token_for("shop", "shop"), "60s", 10)
     agents += [app, restricted]
     for a in agents:
-        await a.wait_metric("relay_connected", 1)
-        await a.wait_metric("poll_factor", 10)  # 60 s x 10 while the relay is healthy
+        await a.subscribed(10)  # 60 s x 10 while the relay is healthy
     assert app.files()["DATABASE_URL"] == "postgres://app@db/app"
     assert restricted.files() == {"ONLY_ADMIN": "admin-value"}
     reads = {a.name: a.reads() for a in agents}
@@ -151,8 +160,7 @@ async def test_relay_killed_agents_poll_at_the_normal_interval_then_resubscribe(
     # 5 s normally (the shortest allowed), x50 = 250 s while the relay is healthy.
     app = Agent(relay, "agent-app", "/app", relay.kube.token_for("chat", "chat"), "5s", 50)
     agents.append(app)
-    await app.wait_metric("relay_connected", 1)
-    await app.wait_metric("poll_factor", 50)
+    await app.subscribed(50)
 
     # Healthy: no safety-net read at all over 14 relay polls (7 s: more than one normal interval).
     before = app.reads()
