@@ -13,8 +13,7 @@
      WINDOW seconds and extrapolated to an hour and to 10,000 pods at a 60 s refresh interval (with
      the relay, each pod keeps a safety-net poll at 60 s x relay_poll_factor 10).
   3. change-to-notice at the agent's client module (injector/relay_client.py, spread 1 s as the
-     agent would use it): the agent is not wired to the relay in this branch, so change-to-file is
-     this plus one fetch and write (agent bench: a few ms).
+     agent uses it). Change-to-file with real agent processes: bench/relay_e2e_bench.py.
 
     python bench/relay_bench.py [--subscribers 10000] [--changes 50] [--rotations 100] [--no-write]
 
@@ -537,8 +536,8 @@ def section(res: dict[str, Any]) -> str:
     if cn:
         lines += ["### Change to notice at the agent's client module (no events, relay poll 2 s, spread 1 s)", "",
                   f"{cn['rotations']} rotations: p50 {cn['p50']} s, p99 {cn['p99']} s, max {cn['max']} s (write in the dev KMS "
-                  "→ `wake()` called in injector/relay_client.py). The agent is not wired to the relay in this branch, so "
-                  "change-to-file adds one fetch + write (a few ms, see Agent). Polling at 60 s: ~30 s on average, 60 s worst.", ""]
+                  "→ `wake()` called in injector/relay_client.py). Change-to-file with real agent processes: \"Relay: change "
+                  "to file\" below (bench/relay_e2e_bench.py). Polling at 60 s: ~30 s on average, 60 s worst.", ""]
     lines += ["### Notes (2026-12-01)", "",
               "- Memory, measured with a bare server holding 2,000 idle streams: aiohttp over plain TCP ~13.5 KiB per "
               "connection, aiohttp over TLS ~38 KiB, a raw asyncio TLS server ~30 KiB (TLS 1.2 or 1.3, with or without "

@@ -1,9 +1,11 @@
-"""`kms-injector demo` (`make demo`): one rotation end to end, narrated, in about 15 seconds.
+"""`kms-injector demo` (`make demo`): one rotation end to end, narrated, in about 20 seconds.
 
 dev KMS (subprocess, port 0) -> agent in init mode writes the files -> example app reads them ->
 agent in sidecar mode (refresh 5 s, SIGHUP to the app by name) -> a secret is rotated through the
-dev KMS's HTTP API -> the `..data` symlink swaps to a new version -> the app reloads. Everything
-it starts is stopped again, also on Ctrl-C or an error. Values are never printed, only key names
+dev KMS's HTTP API -> the `..data` symlink swaps to a new version -> the app reloads. Then the
+change relay (devkms/demo_relay.py): `kms-injector relay`, two agents on two folders with a 60 s
+poll, and a rotation that reaches the right one in about the relay's 2 s poll. Everything it
+starts is stopped again, also on Ctrl-C or an error. Values are never printed, only key names
 and hashes.
 
 The steps run in order from `STEPS`; a later step (e.g. `kms-injector inject`) is added by
@@ -88,6 +90,7 @@ class Demo:
     seed: Path
     out: Callable[[str], None] = print
     procs: list[Proc] = field(default_factory=list)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # in-process helpers, closed after procs
     # filled in by the steps
     base_url: str = ""
     project: str = ""
@@ -109,10 +112,11 @@ class Demo:
     def say(self, text: str) -> None:
         self.out(text)
 
-    def spawn(self, name: str, argv: list[str], *, stdout_to: Path | None = None, stderr_to: Path | None = None) -> Proc:
+    def spawn(self, name: str, argv: list[str], *, stdout_to: Path | None = None, stderr_to: Path | None = None,
+              env: dict[str, str] | None = None) -> Proc:
         stdout = open(stdout_to, "w") if stdout_to else subprocess.PIPE
         stderr = open(stderr_to, "w") if stderr_to else subprocess.DEVNULL
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         # Ctrl-C/SIGTERM are held back until the child is on the list, so clean-up always finds
         # it. (Not with a blocked signal mask: the child would inherit it and ignore SIGTERM.)
         pending: list[int] = []
@@ -146,6 +150,11 @@ class Demo:
             except subprocess.TimeoutExpired:
                 proc.popen.kill()
                 proc.popen.wait()
+        for close in reversed(self.cleanups):
+            try:
+                close()
+            except Exception:  # clean-up goes on: the processes are stopped already
+                pass
 
     # -- HTTP against the dev KMS (stdlib, like the agent) -------------------------------------
     def api(self, method: str, path: str, body: dict | None = None, token: str = "") -> dict:
@@ -316,7 +325,13 @@ def step_inject(demo: Demo) -> None:
              f"  (full output: {_rel(demo.workdir / 'chat-deployment.injected.yaml')})")
 
 
-STEPS: list[Callable[[Demo], None]] = [step_dev_kms, step_init, step_app, step_sidecar, step_rotate, step_inject]
+def step_relay(demo: Demo) -> None:
+    from devkms.demo_relay import step_relay as run
+
+    run(demo)
+
+
+STEPS: list[Callable[[Demo], None]] = [step_dev_kms, step_init, step_app, step_sidecar, step_rotate, step_inject, step_relay]
 
 
 def _find_log(path: Path, needle: str) -> str:
@@ -360,8 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt  # same clean-up path as Ctrl-C
 
     signal.signal(signal.SIGTERM, on_term)
-    # Started from a background job (`make test &`), SIGINT arrives ignored and Python then keeps
-    # it ignored: Ctrl-C (or a test's SIGINT) would be lost and the demo would run to the end.
+    # Ctrl-C must stop the demo even when it was started with SIGINT ignored (a background job of a
+    # non-interactive shell, e.g. `make test &` in a script): Python keeps an inherited SIG_IGN,
+    # and the demo then ran to its end and exited 0 (the flake in test_demo_interrupted_...).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     t0 = time.monotonic()
     print("kms-injector demo: KMS -> files -> app, and a rotation without a restart\n", flush=True)
@@ -378,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         demo.stop_all()
     if demo.sidecar is not None:
-        print(f"[7] stopped sidecar (exit {demo.sidecar.popen.returncode}), app and dev KMS", flush=True)
+        print(f"[8] stopped sidecar (exit {demo.sidecar.popen.returncode}), relay, relay agents, app and dev KMS", flush=True)
     print(f"\ndone in {time.monotonic() - t0:.1f}s; logs in {_rel(workdir)}/", flush=True)
     return 0
 

@@ -5,7 +5,10 @@
   ONE line saying what failed (never a value).
 - sidecar: sync every `refresh_interval` (+-10% jitter). On errors the last good files stay,
   retries back off (capped, honouring Retry-After), and only state changes are logged
-  (healthy -> failing -> healthy, with counts).
+  (healthy -> failing -> healthy, with counts). A trigger that hears of changes another way
+  (the relay) may stretch that safety-net poll (`set_pace`); when the factor drops (the relay is
+  lost), the sleep is re-planned at once: the normal interval again, spread over one interval
+  when the normal time has passed, so that pods losing the relay together do not poll together.
 
 Refused credentials are tried at most twice, counted across restarts (injector.refusals); then
 the loop waits for the credential files to change (the watch wakes it at once).
@@ -61,6 +64,8 @@ class AgentLoop:
         self._login_fingerprint = fingerprint(self.credential_files)
         self._wake = asyncio.Event()
         self._wake_reason = ""
+        self._pace: Callable[[], float] = _unstretched
+        self._pace_changed = asyncio.Event()
         self._triggers: list[tuple[str, Trigger]] = []
         self._metric_sources: dict[str, Callable[[Metrics], None]] = {}
         self._parked_logged: bytes = b""  # credentials whose parking was logged
@@ -77,9 +82,25 @@ class AgentLoop:
         a restarted trigger replaces its earlier source by using the same `key`."""
         self._metric_sources[key or f"source-{len(self._metric_sources)}"] = fill
 
+    def set_pace(self, factor: Callable[[], float]) -> None:
+        """`factor()` (>= 1) stretches the safety-net poll after a successful sync; read at every
+        sleep, and again whenever the trigger calls `pace_changed()`."""
+        self._pace = factor
+        self.pace_changed()
+
+    def pace_changed(self) -> None:
+        self._pace_changed.set()
+
+    def poll_factor(self) -> float:
+        try:
+            return max(1.0, float(self._pace()))
+        except Exception:  # a trigger's bad reading must never stop the safety net
+            return 1.0
+
     def metrics(self) -> Metrics:
         m = self.state.metrics(list(self._metric_sources.values()))
         m.fetch_pending = m.fetch_pending or self._wake.is_set()
+        m.poll_factor = self.poll_factor()
         return m
 
     def ready(self) -> bool:
@@ -107,6 +128,36 @@ class AgentLoop:
         except asyncio.TimeoutError:
             return ""
         return self._wake_reason or "wake"
+
+    async def _pause(self, base: float) -> str:
+        """After a successful sync: sleep `base` x the pace factor, or until woken. A change of
+        factor re-plans the rest of the sleep (see the module doc); returns the wake reason."""
+        if self._pace is _unstretched:  # no relay: the plain sleep
+            return await self._sleep(base)
+        clock = asyncio.get_running_loop().time
+        start = clock()
+        factor = self.poll_factor()
+        deadline = start + base * factor
+        while True:
+            self._pace_changed.clear()
+            wake = asyncio.ensure_future(self._wake.wait())
+            pace = asyncio.ensure_future(self._pace_changed.wait())
+            try:
+                done, _ = await asyncio.wait({wake, pace}, timeout=max(0.0, deadline - clock()),
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                wake.cancel()
+                pace.cancel()
+            if self._wake.is_set():
+                return self._wake_reason or "wake"
+            if not done:
+                return ""
+            now, new = clock(), self.poll_factor()
+            if new < factor:  # the stretch ended (relay lost): back to the normal interval
+                deadline = min(deadline, max(start + base * new, now + self.rng.uniform(0.0, base)))
+            elif new > factor:
+                deadline = start + base * new
+            factor = new
 
     # -- one attempt ---------------------------------------------------------------------------
     async def _attempt(self) -> None:
@@ -238,6 +289,7 @@ class AgentLoop:
         started_extras = False
         while True:
             hold = self._hold()
+            stretch = False  # only the safety-net poll after a success; never a retry or a hold
             if hold > 0:
                 delay = hold
             else:
@@ -248,14 +300,19 @@ class AgentLoop:
                 else:
                     backoff.reset()
                     delay = cfg.refresh_interval * self.rng.uniform(1 - JITTER, 1 + JITTER)
+                    stretch = True
             if not started_extras:  # after the first attempt: the first files come before any extras
                 started_extras = True
                 self._watch_credentials()
                 for name, trigger in self._triggers:
                     self.supervisor.start(name, _bind(trigger, self))
-            reason = await self._sleep(delay)
+            reason = await (self._pause(delay) if stretch else self._sleep(delay))
             if reason:
                 self.log.debug("woken", reason=reason)
+
+
+def _unstretched() -> float:
+    return 1.0
 
 
 def _bind(trigger: Trigger, loop: AgentLoop) -> Callable[[], Awaitable[None]]:

@@ -31,7 +31,15 @@ def build_loop(config: AgentConfig, log: Logger, supervisor: Supervisor) -> Agen
     writer = AtomicWriter(config.mount_path, config.file_mode, log)
     loop = AgentLoop(config, client, writer, log, supervisor=supervisor)
     loop.add_metrics_source(token_counters(client), key="tokens")  # kms_agent_auth_logins_total / _renewals_total
-    if config.mode == "sidecar":
+    if config.mode == "sidecar" and config.relay_url:
+        import functools
+
+        from injector.event_trigger import relay_change_trigger
+        from injector.relay_client import RelayClientState
+
+        # The relay's notices instead of KMS events (why not both: injector.event_trigger's doc).
+        loop.add_trigger(functools.partial(relay_change_trigger, state=RelayClientState()), "change-relay")
+    elif config.mode == "sidecar":
         from injector.event_trigger import event_trigger
 
         loop.add_trigger(event_trigger, "change-events")  # KMS change events -> debounced early fetch

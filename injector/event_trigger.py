@@ -16,6 +16,15 @@ available (no route, not on the plan, no permission, Hanzo's stub route answerin
 minutes (injector.kms.events.SubscribePolicy: at most 15 subscribe requests an hour against a
 server that always refuses). A canonical-API KMS or `events: false` (annotation
 `kms.hanzo.ai/events: "false"`) means polling only, with no subscribe at all. Stdlib only.
+
+`relay_change_trigger(agent, state)` replaces event_trigger when config.relay_url is set: the
+relay's notices (injector.relay_client) go through the same Debouncer and nudge, and while its
+stream is healthy the safety-net poll is stretched by config.relay_poll_factor. While the relay is
+unreachable the agent polls at the normal interval and opens no KMS event stream: a relay is
+deployed where per-pod streams do not work or cost too much (no route on Hanzo's and the Go
+servers, 5 streams per project and identity upstream), and a relay outage hits every pod at once:
+10,000 pods subscribing to KMS together, then dropping it together when the relay is back, would
+be a storm on the KMS exactly when something is already wrong.
 """
 
 from __future__ import annotations
@@ -99,6 +108,53 @@ def subscriber_metrics(sub: Any, wakeups: list[int], debouncer: "Debouncer | Non
         m.event_wakeups_total = wakeups[0]
 
     return collect
+
+
+def relay_metrics(state: Any, wakeups: list[int], debouncer: "Debouncer | None" = None) -> Callable[[Any], None]:
+    """Fills a metrics reading from the relay client's state (injector.relay_client.RelayClientState)."""
+
+    def collect(m: Any) -> None:
+        if debouncer is not None:
+            m.fetch_pending = m.fetch_pending or debouncer.pending
+        m.relay_connected = bool(state.connected)
+        m.relay_notices_total = state.notices
+        m.relay_reconnects_total = max(0, state.connects - 1)
+        m.relay_failures_total = state.failures
+        m.relay_refusals_total = state.refusals
+        m.relay_wakeups_total = wakeups[0]
+
+    return collect
+
+
+async def relay_change_trigger(agent: "TriggerHost", state: Any = None) -> None:
+    """Agent trigger when config.relay_url is set: subscribe to the relay, debounce, wake; stretch
+    the safety-net poll while the relay is healthy. `state` (a RelayClientState) outlives a restart
+    of this trigger by the supervisor, so the counters never go down."""
+    from injector.relay_client import RelayClientState, relay_trigger
+
+    cfg = agent.config
+    state = state if state is not None else RelayClientState()
+    wakeups = [0]
+
+    def relay_wake(reason: str) -> None:
+        if agent.nudge(reason):
+            wakeups[0] += 1
+
+    debouncer = Debouncer(relay_wake)
+    state.on_health = agent.pace_changed
+    agent.set_pace(lambda: state.poll_factor(cfg))
+    agent.add_metrics_source(relay_metrics(state, wakeups, debouncer), key="relay")
+    flusher = asyncio.create_task(debouncer.run())
+    try:
+        await relay_trigger(cfg, debouncer.poke, agent.log, state)
+    finally:
+        state.connected = False
+        agent.pace_changed()  # not healthy any more: the normal interval
+        flusher.cancel()
+        try:
+            await flusher
+        except (asyncio.CancelledError, Exception):
+            pass
 
 
 async def event_trigger(agent: "TriggerHost") -> None:

@@ -20,7 +20,7 @@ class Metrics:
     """One reading of the agent's state, rendered as Prometheus text by `render_metrics`.
 
     Built afresh for every /metrics request from the state its owners keep (the sync loop's
-    AgentState, the token manager, the event subscriber): read-only, and never an input to a
+    AgentState, the token manager, the event subscriber, the relay client): read-only, and never an input to a
     decision."""
 
     syncs_total: int = 0  # successful syncs (including 304s)
@@ -40,6 +40,13 @@ class Metrics:
     auth_renewals_total: int = 0
     fetch_pending: bool = False  # a fetch is running or due now (woken, or a change event held back)
     credentials_parked: bool = False  # refused credentials are not retried until they change
+    relay_connected: bool = False  # the change relay's stream is open (its "subscribed" came)
+    relay_notices_total: int = 0  # change notices the relay sent for our folders
+    relay_reconnects_total: int = 0  # relay streams opened after the first one
+    relay_failures_total: int = 0  # relay streams that failed, dropped or went silent
+    relay_refusals_total: int = 0  # subscriptions the relay refused (400/401/403)
+    relay_wakeups_total: int = 0  # early fetches the relay caused (after debouncing; one per (re)connect)
+    poll_factor: float = 1.0  # the safety-net poll is stretched this much now (relay healthy)
 
 
 _HELP = {
@@ -60,6 +67,13 @@ _HELP = {
     "auth_renewals_total": ("counter", "Access token renewals."),
     "fetch_pending": ("gauge", "1 while a fetch is running or due now (woken, or a debounced change event held back)."),
     "credentials_parked": ("gauge", "1 while refused credentials are not retried until the credential files change."),
+    "relay_connected": ("gauge", "1 while the change relay's stream is open."),
+    "relay_notices_total": ("counter", "Change notices the relay sent for the agent's folders."),
+    "relay_reconnects_total": ("counter", "Relay streams opened after the first one."),
+    "relay_failures_total": ("counter", "Relay streams that could not be opened, dropped or went silent."),
+    "relay_refusals_total": ("counter", "Subscriptions the relay refused (bad request, token or path policy)."),
+    "relay_wakeups_total": ("counter", "Early fetches caused by the relay (debounced notices, one per (re)connect)."),
+    "poll_factor": ("gauge", "How much the safety-net poll is stretched now (the relay's factor while it is healthy, else 1)."),
 }
 
 

@@ -53,7 +53,9 @@ class RelayClientState:
     refusals: int = 0
     last_error: str = ""
     last_marker: dict[str, int] = field(default_factory=dict)
+    on_health: Callable[[], Any] | None = None  # called when `healthy` flips (the agent re-plans its sleep)
     _pending: set[str] = field(default_factory=set, repr=False)
+    _was_healthy: bool = field(default=False, repr=False)
 
     @property
     def healthy(self) -> bool:
@@ -62,6 +64,12 @@ class RelayClientState:
 
     def poll_factor(self, config: Any) -> float:
         return float(config.relay_poll_factor) if self.healthy else 1.0
+
+    def _health_check(self) -> None:
+        if self.healthy != self._was_healthy:
+            self._was_healthy = self.healthy
+            if self.on_health is not None:
+                self.on_health()
 
 
 class RelayRefused(Exception):
@@ -104,6 +112,7 @@ async def relay_trigger(config: Any, wake: Callable[[str], Any], log: Any, state
                         log.info("relay_connected", url=config.relay_url, folders=len(state.watched),
                                  unwatched=unwatched, after_failures=state.failures)
                     failing = False
+                    state._health_check()
                     state.wakes += 1
                     wake("relay: subscribed")
                 elif event == "change":
@@ -117,14 +126,17 @@ async def relay_trigger(config: Any, wake: Callable[[str], Any], log: Any, state
                     folder = data.get("folder") if isinstance(data.get("folder"), dict) else {}
                     path = str(folder.get("path", ""))[:512]
                     state.watched[path] = False
+                    state._health_check()
                     log.info("relay_folder_unwatched", path=path, reason=str(data.get("reason", ""))[:300],
                              action="normal polling for it")
             raise ConnectionResetError("the relay closed the stream")
         except asyncio.CancelledError:
             state.connected = False
+            state._health_check()
             raise
         except Exception as exc:  # noqa: BLE001 - every failure: back off and reconnect
             state.connected = False
+            state._health_check()
             state.failures += 1
             if opened_at is not None and time.monotonic() - opened_at >= 10.0:
                 state.backoff.reset()

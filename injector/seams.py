@@ -71,3 +71,8 @@ class TriggerHost(Protocol):
         """Fetch early if syncs are healthy; True when it woke the loop."""
 
     def add_metrics_source(self, fill: Callable[[Any], None], key: str = "") -> None: ...
+
+    def set_pace(self, factor: Callable[[], float]) -> None:
+        """Stretch the safety-net poll by factor() (the relay, while healthy)."""
+
+    def pace_changed(self) -> None: ...

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
 from tests.agent_support import AGENT, ROOT
 
 DEMO = [AGENT[0], "demo"] if AGENT[0].endswith("kms-injector") else [*AGENT[:-1], "demo"]
@@ -59,6 +61,15 @@ def test_demo_rotates_a_secret_and_the_app_reloads(tmp_path: Path) -> None:
     # the offline injection step: same mutation as the webhook
     assert "initContainers: kms-agent-init" in out and "containers:     chat, kms-agent" in out
     assert "kms.hanzo.ai/status: injected" in out
+    # the relay step: two agents on two folders with a 60 s poll; the rotation reaches only its folder's
+    # agent, in about the relay's 2 s poll (the deadline leaves room for a busy CI machine, not for 54 s)
+    relay = re.search(r"rotated (\S+) in (/\S+): its agent's \.\.data (\.\.\S+) -> (\.\.\S+) ([\d.]+) s after", out)
+    assert relay and relay.group(3) != relay.group(4), out
+    assert float(relay.group(5)) < 30
+    assert re.search(r"two sidecar agents subscribed .*: /chat and " + re.escape(relay.group(2)), out)
+    assert "the /chat agent was not told" in out
+    relay_url = re.search(r"kms-injector relay on (\S+)", out).group(1)
+    assert _port_closed(relay_url)
     # Nothing it started keeps running.
     url = re.search(r"dev KMS listening on (\S+)", out).group(1)
     assert _port_closed(url)
@@ -68,9 +79,13 @@ def test_demo_rotates_a_secret_and_the_app_reloads(tmp_path: Path) -> None:
     assert "dev-chat-pw" not in out and "dev-hanzo-services-client-secret" not in out and "rotated-" not in out
 
 
-def test_demo_interrupted_stops_everything(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_demo_interrupted_stops_everything(tmp_path: Path, inherited: str) -> None:
+    # "ignored": as when started in the background by a non-interactive shell (SIGINT is SIG_IGN, and
+    # Python keeps it): the demo ran to its end and exited 0 before it set its own handler.
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if inherited == "ignored" else None
     proc = subprocess.Popen([*DEMO, "--workdir", str(tmp_path / "demo-run")], cwd=str(ROOT),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore)
     lines: list[str] = []
     try:
         assert proc.stdout is not None
