@@ -43,7 +43,15 @@ def build_loop(config: AgentConfig, log: Logger, supervisor: Supervisor) -> Agen
         from injector.event_trigger import event_trigger
 
         loop.add_trigger(event_trigger, "change-events")  # KMS change events -> debounced early fetch
+    if config.mode == "sidecar":
+        loop.add_trigger(_keep_token_fresh, "token-keeper")  # periodic tokens shorter than the poll
     return loop
+
+
+async def _keep_token_fresh(loop: AgentLoop) -> None:
+    """Renew a periodic token whose period is shorter than the poll interval on time (it would
+    lapse between polls, and each poll would cost a login); idle for every other token."""
+    await loop.client.keep_token_fresh(loop.config.refresh_interval)
 
 
 class _DaemonThreads(concurrent.futures.ThreadPoolExecutor):

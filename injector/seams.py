@@ -35,6 +35,10 @@ class SecretSource(Protocol):
     def credentials_changed(self) -> bool:
         """The credential files changed; True when a fresh login (and a fetch now) is due."""
 
+    async def keep_token_fresh(self, horizon: float) -> None:
+        """Renew a token whose renewal window is shorter than `horizon` (the poll interval) on
+        time, for the sidecar's life; never logs in."""
+
     async def close(self) -> None: ...
 
 

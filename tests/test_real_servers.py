@@ -390,3 +390,24 @@ async def test_a_truncated_older_listing_fails_closed_and_keys_filter_on_the_inf
             with pytest.raises(NotFound) as missing:
                 await c.fetch(PROJECT, ENV, "/chat", keys=("API_KEY", "NO_SUCH_KEY"))
             assert "NO_SUCH_KEY" in str(missing.value) and "path=/chat" in str(missing.value)
+
+
+async def test_a_periodic_token_shorter_than_the_poll_is_renewed_between_polls(tmp_path: Path) -> None:
+    """A period (6 s) shorter than the poll interval (20 s): without the token keeper the token
+    lapsed between polls and every poll cost a fresh login; now it is renewed within each period."""
+    s = seed()
+    s["identities"][0]["accessTokenPeriod"] = 6
+    async with run_dev_kms(s, profile="hanzo-node") as kms:
+        write_credentials(tmp_path / "auth", CLIENT_ID, CLIENT_SECRET)
+        agent = spawn(agent_args(kms.base_url, tmp_path / "s", tmp_path / "auth", "--refresh-interval", "20s"),
+                      tmp_path, "periodic-short")
+        try:
+            await wait_for(lambda: agent.events("first_sync"), what="first sync")
+            routes = lambda: kms.stats()["identityRoutes"].get(IDENTITY, {})  # noqa: E731
+            await wait_for(lambda: routes().get("POST /v1/auth/token/renew", 0) >= 3, timeout=60,
+                           what="three renewals within the periods")
+            await wait_for(lambda: routes().get("GET /v3/secrets/raw", 0) >= 2, timeout=60, what="a second poll")
+            assert routes().get("POST /v1/auth/universal-auth/login") == 1, routes()  # never lapsed: no fresh login
+            assert not agent.events("sync_failing")
+        finally:
+            agent.stop()

@@ -359,6 +359,35 @@ class TokenManager:
         self._log("info", "kms_token_renewed", expires_in=expires_in)
         return token
 
+    def renew_wait(self, horizon: float) -> float | None:
+        """Seconds until the current token is due for renewal, when the requests that normally
+        renew it (one per poll, every `horizon` seconds) could miss its renewal window (the last
+        third of its life): a periodic token whose period is shorter than the poll interval.
+        None when there is nothing for a keeper to do: no token, a window wider than `horizon`,
+        or a token that cannot be renewed within its session (the next request logs in)."""
+        tok = self._token
+        if tok is None or tok.expires_in - (tok.renew_at - tok.obtained) >= horizon:
+            return None
+        if self.clock() >= tok.expires_at or tok.max_deadline is None or tok.renew_at + tok.expires_in > tok.max_deadline:
+            return None
+        return max(0.0, tok.renew_at - self.clock())
+
+    async def renew_now(self) -> bool:
+        """Renew the current token if it is due and renewable; never a login from here (the sync
+        loop logs in, with its lockout policy). True when a renewal succeeded."""
+        async with self._lock:
+            tok = self._token
+            now = self.clock()
+            if tok is None or now < tok.renew_at or now >= tok.expires_at or tok.max_deadline is None \
+                    or now + tok.expires_in > tok.max_deadline:
+                return False
+            try:
+                await self._renew(tok)
+            except KmsError as exc:
+                self._log("warning", "kms_token_refresh_failed", **exc.to_fields())
+                return False
+            return True
+
     async def authorized(self, send: Callable[[str], Awaitable[Response]]) -> Response:
         """Call `send(token)`; on 401 / 403 TokenError log in afresh and call it once more."""
         token = await self.token()

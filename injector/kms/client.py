@@ -321,6 +321,26 @@ class KmsClient:
         self.log.warning("secret_entry_skipped", key=key[:200], path=path, problem=problem[:200],
                          action="the other keys are delivered")
 
+    async def keep_token_fresh(self, horizon: float, retry_cap: float = 300.0) -> None:
+        """Renew a periodic token on time between polls (`horizon`: the poll interval), for the
+        sidecar's life: with a period shorter than the poll interval the token would lapse between
+        polls and every poll would cost a fresh login (TokenManager.renew_wait). It never logs in
+        (the sync loop does, with its lockout policy); a failed renewal is retried with a doubling
+        pause (5 s up to `retry_cap`), so a KMS outage costs a handful of requests, not a storm."""
+        pause = 5.0
+        while True:
+            tokens = self.tokens  # re-read: `api: auto` may switch token managers on detection
+            wait = tokens.renew_wait(horizon)
+            if wait is None:
+                await asyncio.sleep(min(30.0, horizon))  # a login by the sync loop may bring a short token
+            elif wait > 0:
+                await asyncio.sleep(wait)
+            elif await tokens.renew_now():
+                pause = 5.0
+            else:
+                await asyncio.sleep(pause)
+                pause = min(retry_cap, pause * 2)
+
     async def close(self, *, revoke: bool = False) -> None:
         """Close connections; `revoke=True` first revokes the token (best effort, on shutdown)."""
         if revoke and self.api == "infisical":
