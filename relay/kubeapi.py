@@ -1,8 +1,10 @@
-"""The one Kubernetes API call the relay makes per new token (POST a TokenReview), over aiohttp.
+"""The one Kubernetes API call the relay makes per new token (POST a TokenReview).
 
 Why not kubernetes-asyncio (webhook/kube.py): importing its client costs ~55 MiB of RSS in a
-process whose budget is 200 MiB for 10,000 subscribers, for one POST. This reads the same two
-configurations it would:
+process whose budget is 200 MiB for 10,000 subscribers, for one POST (and aiohttp another ~11 MiB).
+The POST goes over injector/kms/http.py's h11 client, which the relay loads anyway for KMS; only
+a kubeconfig with a client certificate or insecure-skip-tls-verify falls back to aiohttp. This
+reads the same two configurations kubernetes-asyncio would:
   - in a pod (KUBERNETES_SERVICE_HOST set): https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT,
     the service-account token (re-read on every call: the kubelet rotates it) and its ca.crt;
   - else the kubeconfig ($KUBECONFIG, first file, or ~/.kube/config): the current context's
@@ -39,9 +41,19 @@ class KubeApiError(Exception):
 @dataclass
 class KubeTarget:
     server: str
-    ssl: ssl.SSLContext | bool | None  # None: plain http; False: no verification (kubeconfig said so)
+    ca_file: str | None = None  # None: the system CAs
+    verify: bool = True  # False: kubeconfig's insecure-skip-tls-verify
+    client_cert: tuple[str, str] | None = None  # (cert file, key file)
     token: str | None = None
     token_file: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if not self.verify:
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        if self.client_cert:
+            ctx.load_cert_chain(*self.client_cert)
+        return ctx
 
     def bearer(self) -> str | None:
         if self.token_file:
@@ -55,11 +67,7 @@ class KubeTarget:
 def incluster(sa_dir: Path = SA_DIR) -> KubeTarget:
     host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ.get("KUBERNETES_SERVICE_PORT", "443")
     host = f"[{host}]" if ":" in host else host
-    try:
-        ctx = ssl.create_default_context(cafile=str(sa_dir / "ca.crt"))
-    except (OSError, ssl.SSLError) as exc:
-        raise KubeConfigError(f"cannot read the in-cluster CA {sa_dir / 'ca.crt'}: {exc}") from None
-    return KubeTarget(f"https://{host}:{port}", ctx, token_file=str(sa_dir / "token"))
+    return KubeTarget(f"https://{host}:{port}", ca_file=str(sa_dir / "ca.crt"), token_file=str(sa_dir / "token"))
 
 
 def _data_file(data: str, suffix: str) -> str:
@@ -96,24 +104,16 @@ def from_kubeconfig(path: str | None = None) -> KubeTarget:
         if unsupported in user:
             raise KubeConfigError(f"kubeconfig {path}: user {unsupported!r} is not supported by the relay; "
                                   "use a token, tokenFile or client certificate")
-    tls: ssl.SSLContext | bool | None = None
+    target = KubeTarget(server, token=user.get("token"), token_file=user.get("tokenFile"))
     if server.startswith("https://"):
-        if cluster.get("insecure-skip-tls-verify"):
-            tls = False
-        else:
-            ca = cluster.get("certificate-authority")
-            ca_data = cluster.get("certificate-authority-data")
-            tls = ssl.create_default_context(cafile=ca, cadata=base64.b64decode(ca_data).decode() if ca_data else None) \
-                if ca or ca_data else ssl.create_default_context()
+        target.verify = not cluster.get("insecure-skip-tls-verify")
+        target.ca_file = cluster.get("certificate-authority") or (
+            cluster.get("certificate-authority-data") and _data_file(cluster["certificate-authority-data"], ".crt")) or None
         cert = user.get("client-certificate") or (user.get("client-certificate-data") and _data_file(user["client-certificate-data"], ".crt"))
         key = user.get("client-key") or (user.get("client-key-data") and _data_file(user["client-key-data"], ".key"))
         if cert and key:
-            if tls is False:
-                tls = ssl.create_default_context()
-                tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
-            assert isinstance(tls, ssl.SSLContext)
-            tls.load_cert_chain(cert, key)
-    return KubeTarget(server, tls, token=user.get("token"), token_file=user.get("tokenFile"))
+            target.client_cert = (cert, key)
+    return target
 
 
 def load_target() -> KubeTarget:
@@ -121,34 +121,51 @@ def load_target() -> KubeTarget:
 
 
 class KubeApi:
-    """POST JSON to the API server; answers as dicts. One aiohttp session, made on first use."""
+    """POST JSON to the API server; answers as dicts. The HTTP client is made on first use."""
 
     def __init__(self, target: KubeTarget, timeout: float = 10.0) -> None:
         self.target = target
         self.timeout = timeout
+        self._http: Any = None
         self._session: Any = None
 
     async def post(self, path: str, body: dict) -> dict:
-        import aiohttp  # noqa: PLC0415
-
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        headers = {}  # HttpClient sends Accept and Content-Type for a JSON body
         bearer = self.target.bearer()
         if bearer:
             headers["Authorization"] = f"Bearer {bearer}"
-        kwargs: dict[str, Any] = {"ssl": self.target.ssl} if self.target.ssl is not None else {}
-        async with self._session.post(self.target.server + path, data=json.dumps(body), headers=headers, **kwargs) as resp:
-            raw = await resp.read()
-            if resp.status >= 300:
-                raise KubeApiError(resp.status, resp.reason or "")
+        t = self.target
+        if t.verify and not t.client_cert:
+            from injector.kms.http import HttpClient  # noqa: PLC0415
+
+            if self._http is None:
+                self._http = HttpClient(t.server, timeout=self.timeout, ca_file=t.ca_file, user_agent="kms-injector-relay")
+            resp = await self._http.request("POST", path, json=body, headers=headers)
+            status, reason, raw = resp.status, resp.reason, resp.body
+        else:
+            status, reason, raw = await self._post_aiohttp(path, body, headers)
+        if status >= 300:
+            raise KubeApiError(status, reason or "")
         try:
             doc = json.loads(raw)
         except ValueError:
-            raise KubeApiError(resp.status, "the answer is not JSON") from None
+            raise KubeApiError(status, "the answer is not JSON") from None
         return doc if isinstance(doc, dict) else {}
 
+    async def _post_aiohttp(self, path: str, body: dict, headers: dict[str, str]) -> tuple[int, str, bytes]:
+        import aiohttp  # noqa: PLC0415 (client certificates, no verification: kubeconfigs outside a pod)
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        headers = {**headers, "Accept": "application/json", "Content-Type": "application/json"}
+        async with self._session.post(self.target.server + path, data=json.dumps(body), headers=headers,
+                                      ssl=self.target.ssl_context()) as resp:
+            return resp.status, resp.reason or "", await resp.read()
+
     async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         if self._session is not None:
             await self._session.close()
             self._session = None

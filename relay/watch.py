@@ -126,6 +126,9 @@ class Watcher:
     def add(self, sub: Subscriber) -> list[FolderWatch]:
         self.subscribers += 1
         out = []
+        # each subscriber names its folders with its own parsed strings: keep the watched ones'
+        # (10,000 subscribers of one folder then share one Folder, not 10,000 equal copies)
+        sub.folders = [self.folders[f].folder if f in self.folders else f for f in sub.folders]
         for folder in sub.folders:
             fw = self.folders.get(folder)
             if fw is None:
