@@ -36,6 +36,7 @@ from relay.watch import Subscriber, Watcher
 from webhook.tls import CertReloader
 
 DEFAULT_AUDIENCE = "kms-relay.hanzo.ai"
+SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 @dataclass
@@ -216,6 +217,18 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not accepted; use true or false")
 
 
+def default_namespace() -> str:
+    """POD_NAMESPACE, else the service account's namespace file, else "default" (as the webhook's;
+    not imported from webhook.server: that would load aiohttp and the whole webhook, ~15 MiB)."""
+    env = os.environ.get("POD_NAMESPACE")
+    if env:
+        return env
+    try:
+        return Path(SA_NAMESPACE_FILE).read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kms-injector relay",
                                 description="Run the change relay: watch each KMS folder once, notify the agents that subscribed.")
@@ -254,8 +267,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not args.audience or any(c.isspace() for c in args.audience):
         p.error(f"--audience {args.audience!r} is not an audience (non-empty, no spaces)")
     if args.namespace is None:
-        from webhook.server import default_namespace
-
         args.namespace = default_namespace()
     return args
 
