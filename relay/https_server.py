@@ -318,7 +318,8 @@ class HttpsServer:
 
     def _sweep(self) -> None:
         cutoff = time.monotonic() - self.request_timeout
-        for conn in [c for c in self.pending if c.since < cutoff and c.state in (_HANDSHAKE, _REQUEST)]:
+        # not yet a whole request, or a response the client does not read: both are dropped
+        for conn in [c for c in self.pending if c.since < cutoff and (c.state in (_HANDSHAKE, _REQUEST) or c.closing)]:
             if conn.state == _REQUEST:
                 conn.respond(_plain(408, "RequestTimeout", f"no whole request within {self.request_timeout:g}s"))
             else:
@@ -339,8 +340,7 @@ class HttpsServer:
         except Exception as exc:  # a bug: say so without details, never hang the client
             self.log.error("handler_failed", path=request.path, error=type(exc).__name__)
             resp = _plain(500, "InternalError", "the relay failed to answer this request; retry")
-        if resp is not None:
-            self.pending.discard(conn)
+        if resp is not None:  # it stays in `pending` until closed: a response nobody reads is swept too
             conn.respond(resp)
 
     async def close(self) -> None:
