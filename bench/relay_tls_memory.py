@@ -6,7 +6,7 @@ Each variant runs as its own server subprocess; a client subprocess holds --stre
 connections that sent one POST and read the 200 head and a first SSE frame. RSS (VmRSS) is read
 before and after, after a gc; the difference per stream is printed. Variants:
   aiohttp    aiohttp StreamResponse over asyncio's TLS transport (read buffer 4 KiB, as the relay had)
-  asyncio    a bare asyncio TLS Protocol
+  asyncio    a bare asyncio TLS Protocol (the same 4 KiB read buffer)
   memorybio  plain asyncio TCP + ssl.SSLObject over MemoryBIOs, one shared read buffer
   sslsocket  a non-blocking ssl.SSLSocket per connection driven by loop.add_reader (relay/https_server.py)
 """
@@ -42,12 +42,11 @@ async def server(variant: str, port: int, cert: str, key: str) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     loop = asyncio.get_running_loop()
+    import asyncio.sslproto as sslproto
+
+    sslproto.SSLProtocol.max_size = 4096  # asyncio's TLS transport: 256 KiB read buffer per connection otherwise
     if variant == "aiohttp":
-        import asyncio.sslproto as sslproto
-
         from aiohttp import web
-
-        sslproto.SSLProtocol.max_size = 4096
 
         async def handler(request: web.Request) -> web.StreamResponse:
             await request.read()

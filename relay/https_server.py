@@ -32,6 +32,8 @@ MAX_HEAD = 16 * 1024
 MAX_PENDING = 256 * 1024  # unsent bytes a stream may hold before it is closed as too slow
 REQUEST_TIMEOUT = 10.0
 READ_CHUNK = 16 * 1024
+MAX_HANDSHAKES = 128  # in progress at once; more connects wait in the kernel's listen backlog
+TRIM_AFTER = 256  # connections opened or closed before the freed handshake memory is returned
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large", 500: "Internal Server Error",
             503: "Service Unavailable"}
@@ -100,6 +102,7 @@ class Conn:
                 self.close(graceful=False)
                 return
             self.state = _REQUEST
+            self.server.handshake_done()
             self.parser = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         while self.state != _CLOSED:
             try:
@@ -221,9 +224,12 @@ class Conn:
         """Graceful: a TLS close_notify first (best effort, never waits for the peer's)."""
         if self.state == _CLOSED:
             return
-        was_stream = self.state == _STREAM
+        was_stream, was_handshake = self.state == _STREAM, self.state == _HANDSHAKE
         self.state = _CLOSED
         server = self.server
+        if was_handshake:
+            server.handshake_done()
+        server.churn += 1
         server.pending.discard(self)
         server.conns.pop(self.fd, None)
         if was_stream:
@@ -263,6 +269,10 @@ class HttpsServer:
         self.slow_closed = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self._accept_paused = False
+        self.handshaking = 0
+        self._full = False  # MAX_HANDSHAKES in progress: the rest wait in the listen backlog
+        self.churn = 0  # connections opened or closed since the last malloc_trim
+        self._trim = _malloc_trim()
 
     @property
     def port(self) -> int:
@@ -310,10 +320,23 @@ class HttpsServer:
             self.conns[conn.fd] = conn
             self.pending.add(conn)
             self.loop.add_reader(conn.fd, conn.readable)
+            self.churn += 1
+            self.handshaking += 1
+            if self.handshaking >= MAX_HANDSHAKES:
+                self._full = True
+                self.loop.remove_reader(self.sock.fileno())
+                return
+
+    def handshake_done(self) -> None:
+        self.handshaking -= 1
+        if self._full and self.handshaking < MAX_HANDSHAKES // 2 and self.sock is not None:
+            self._full = False
+            if not self._accept_paused:
+                self.loop.add_reader(self.sock.fileno(), self._accept)
 
     def _resume_accept(self) -> None:
         self._accept_paused = False
-        if self.sock is not None:
+        if self.sock is not None and not self._full:
             self.loop.add_reader(self.sock.fileno(), self._accept)
 
     def _sweep(self) -> None:
@@ -324,6 +347,9 @@ class HttpsServer:
                 conn.respond(_plain(408, "RequestTimeout", f"no whole request within {self.request_timeout:g}s"))
             else:
                 conn.close(graceful=False)
+        if self.churn >= TRIM_AFTER and self._trim is not None and not self.handshaking:
+            self.churn = 0
+            self._trim(0)
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     def spawn(self, conn: Conn, request: Request) -> None:
@@ -355,6 +381,21 @@ class HttpsServer:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         for conn in list(self.conns.values()):
             conn.close()
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None elsewhere (musl, macOS). Each TLS handshake allocates ~35 KiB
+    for a moment; after a burst (10,000 agents reconnecting) the freed chunks sit between live
+    ones and RSS stays at the burst's peak until trimmed (measured: 48 KiB per subscriber after
+    1,000 simultaneous connects, ~16 KiB once trimmed)."""
+    import ctypes  # noqa: PLC0415
+
+    try:
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
 
 
 def _plain(status: int, error: str, message: str) -> Response:

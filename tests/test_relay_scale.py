@@ -39,9 +39,14 @@ async def test_one_thousand_subscribers_on_two_folders(relay_env: RelayHarness) 
         # Memory: the relay's whole footprint with one subscriber (TokenReview client loaded) and
         # the cost of each further one. aiohttp over asyncio's TLS with kubernetes-asyncio was
         # ~95 MiB and ~40 KiB; the lean server is ~45 MiB and ~16 KiB (bench/README.md, Relay).
-        per_sub = (proc_rss_kib(relay.proc.popen.pid) - rss_one) / (N - 1)
+        # (polled: the memory a burst of handshakes freed is returned within a second or so)
+        pid = relay.proc.popen.pid
         assert rss_one < 70 * 1024, f"relay RSS with one subscriber {rss_one / 1024:.1f} MiB"
-        assert per_sub < 28, f"{per_sub:.1f} KiB of relay RSS per subscriber"
+        try:
+            await wait_for(lambda: (proc_rss_kib(pid) - rss_one) / (N - 1) < 26, 10, "the relay's RSS per subscriber < 26 KiB")
+        finally:
+            per_sub = (proc_rss_kib(pid) - rss_one) / (N - 1)
+            print(f"\nrelay RSS per further subscriber: {per_sub:.1f} KiB")
         assert relay.kube.reviews <= 2 * len(tokens)  # reviews are cached per token, not per pod
         reads_before = len(relay.kms.secret_reads())
         t0 = time.monotonic()
