@@ -1,4 +1,4 @@
-"""`kms-injector relay`: the change relay over HTTPS (aiohttp).
+"""`kms-injector relay`: the change relay over HTTPS (relay/https_server.py).
 
 Endpoints:
   POST /v1/watch   an agent's one long-lived SSE stream (contract: relay/protocol.py). The pod proves
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import asyncio.sslproto
 import gc
 import json
 import os
@@ -26,11 +25,10 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-from aiohttp import web
+from typing import Any, Awaitable, Callable
 
 from injector.log import Logger, get_logger
+from relay.https_server import Conn, HttpsServer, Request, Response
 from relay.metrics import RelayCounters, render
 from relay.protocol import HEARTBEAT, MAX_BODY, PING, SubscribeError, parse_subscription, sse
 from relay.tokenreview import ReviewUnavailable, TokenReviewer, Unauthenticated
@@ -38,8 +36,7 @@ from relay.watch import Subscriber, Watcher
 from webhook.tls import CertReloader
 
 DEFAULT_AUDIENCE = "kms-relay.hanzo.ai"
-SSL_READ_BUFFER = 4096
-_JSON = "application/json"
+SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 @dataclass
@@ -80,10 +77,9 @@ class RelayState:
                 sub.push(None)
 
 
-def _error(status: int, error: str, message: str, **extra: Any) -> web.Response:
-    headers = {"Retry-After": "5"} if status == 503 else None
-    return web.Response(status=status, text=json.dumps({"error": error, "message": message, **extra}),
-                        content_type=_JSON, headers=headers)
+def _error(status: int, error: str, message: str, **extra: Any) -> Response:
+    headers = (("Retry-After", "5"),) if status == 503 else ()
+    return Response(status, json.dumps({"error": error, "message": message, **extra}).encode(), headers=headers)
 
 
 def _refusal(settings: Any, namespace: str, service_account: str, folder: Any) -> str | None:
@@ -93,29 +89,25 @@ def _refusal(settings: Any, namespace: str, service_account: str, folder: Any) -
     return settings.check_path(namespace, service_account, folder.project, folder.path)
 
 
-def make_app(state: RelayState) -> web.Application:
+SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            b"X-Accel-Buffering: no\r\nConnection: close\r\n\r\n")  # the body ends when the connection does
+
+
+def make_handler(state: RelayState) -> Callable[[Request, Conn], Awaitable[Response | None]]:
     log, counters, watcher = state.log, state.counters, state.watcher
 
-    async def watch(request: web.Request) -> web.StreamResponse:
+    async def watch(request: Request, conn: Conn) -> Response | None:
         if state.shutting_down:
             counters.refuse("shutting_down")
             return _error(503, "ServiceUnavailable", "this relay replica is shutting down; reconnect (another replica answers)")
-        if request.content_length is not None and request.content_length > MAX_BODY:
-            counters.refuse("bad_request")
-            return _error(413, "PayloadTooLarge", f"body is {request.content_length} bytes; the limit is {MAX_BODY}")
-        auth = request.headers.get("Authorization", "")
+        auth = request.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             counters.refuse("unauthenticated")
             return _error(401, "Unauthorized", "send Authorization: Bearer <projected service-account token with "
                           f"audience {state.reviewer.audience!r}>")
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            counters.refuse("bad_request")
-            return _error(413, "PayloadTooLarge", f"body exceeds the limit of {MAX_BODY} bytes")
-        try:
-            folders = parse_subscription(body)
+            folders = parse_subscription(request.body)
         except SubscribeError as exc:
             counters.refuse("bad_request")
             return _error(400, "BadRequest", str(exc))
@@ -141,64 +133,66 @@ def make_app(state: RelayState) -> web.Application:
         if watcher.subscribers >= state.max_subscribers:
             counters.refuse("full")
             return _error(503, "ServiceUnavailable", f"this replica holds {state.max_subscribers} subscribers; retry (another replica may answer)")
+        if conn.closed:  # the agent went away during the review
+            return None
 
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
-        await resp.prepare(request)
-        sub = Subscriber(who.namespace, who.service_account, folders)
+        conn.start_stream(SSE_HEAD)
+        sub = Subscriber(who.namespace, who.service_account, folders, conn)
+
+        def gone() -> None:
+            state.subscribers.discard(sub)
+            watcher.remove(sub)
+
+        conn.on_close = gone
         fws = watcher.add(sub)
         state.subscribers.add(sub)
         counters.subscribes += 1
+        # Wait for new folders' first check, so a change made after the agent's (re)fetch and
+        # before our baseline is not folded into the baseline unseen. Notices found meanwhile are
+        # held by the subscriber and follow "subscribed".
         try:
-            # Wait for new folders' first check, so a change made after the agent's (re)fetch and
-            # before our baseline is not folded into the baseline unseen.
-            try:
-                async with asyncio.timeout(state.ready_wait):
-                    for fw in fws:
-                        await fw.ready.wait()
-            except TimeoutError:
-                pass
-            await resp.write(sse("subscribed", {"folders": [fw.status() for fw in fws], "heartbeat": state.heartbeat}))
-            queue, hb = sub.queue, state.heartbeat
-            while True:
-                try:
-                    async with asyncio.timeout(hb):
-                        frame = await queue.get()
-                except TimeoutError:
-                    frame = PING
-                if frame is None:  # closed by us (settings change, shutdown)
-                    break
-                await resp.write(frame)
-        except (ConnectionError, OSError, RuntimeError):  # the agent went away
+            async with asyncio.timeout(state.ready_wait):
+                for fw in fws:
+                    await fw.ready.wait()
+        except TimeoutError:
             pass
-        finally:
-            state.subscribers.discard(sub)
-            watcher.remove(sub)
-        return resp
+        sub.release(sse("subscribed", {"folders": [fw.status() for fw in fws], "heartbeat": state.heartbeat}))
+        return None
 
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text='{"status":"ok"}', content_type=_JSON)
-
-    async def readyz(_: web.Request) -> web.Response:
-        reasons = state.not_ready_reasons()
-        if reasons:
-            return web.Response(status=503, text=json.dumps({"status": "not ready", "reasons": reasons}), content_type=_JSON)
-        return web.Response(text='{"status":"ready"}', content_type=_JSON)
-
-    async def metrics(_: web.Request) -> web.Response:
+    async def handle(request: Request, conn: Conn) -> Response | None:
+        path, method = request.path, request.method
+        if path == "/v1/watch":
+            if method != "POST":
+                return _error(405, "MethodNotAllowed", f"{method} {path} is not supported; use POST /v1/watch")
+            return await watch(request, conn)
+        if method != "GET" or path not in ("/healthz", "/readyz", "/metrics"):
+            return _error(404, "NotFound", f"{method} {path} is not a relay route; accepted: POST /v1/watch, "
+                          "GET /healthz, GET /readyz, GET /metrics")
+        if path == "/healthz":
+            return Response(200, b'{"status":"ok"}')
+        if path == "/readyz":
+            reasons = state.not_ready_reasons()
+            if reasons:
+                return Response(503, json.dumps({"status": "not ready", "reasons": reasons}).encode())
+            return Response(200, b'{"status":"ready"}')
         text = render(counters, watcher, state.reviewer, ready=not state.not_ready_reasons())
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        return Response(200, text.encode(), content_type="text/plain; charset=utf-8")
 
-    async def wrong_method(request: web.Request) -> web.Response:
-        return _error(405, "MethodNotAllowed", f"{request.method} {request.path} is not supported; use POST /v1/watch")
+    return handle
 
-    app = web.Application(client_max_size=MAX_BODY)
-    app.router.add_post("/v1/watch", watch)
-    app.router.add_route("*", "/v1/watch", wrong_method)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    return app
+
+async def heartbeats(state: RelayState, stop: asyncio.Event) -> None:
+    """One timer for every stream: a `: ping` to each subscriber every heartbeat, in one loop."""
+    while not stop.is_set():
+        try:
+            async with asyncio.timeout(state.heartbeat):
+                await stop.wait()
+        except TimeoutError:
+            pass
+        if stop.is_set():
+            return
+        for sub in list(state.subscribers):
+            sub.push(PING)
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -221,6 +215,18 @@ def _bool(text: str) -> bool:
     if text.lower() in ("false", "0", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"{text!r} is not accepted; use true or false")
+
+
+def default_namespace() -> str:
+    """POD_NAMESPACE, else the service account's namespace file, else "default" (as the webhook's;
+    not imported from webhook.server: that would load aiohttp and the whole webhook, ~15 MiB)."""
+    env = os.environ.get("POD_NAMESPACE")
+    if env:
+        return env
+    try:
+        return Path(SA_NAMESPACE_FILE).read_text().strip() or "default"
+    except OSError:
+        return "default"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -261,8 +267,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not args.audience or any(c.isspace() for c in args.audience):
         p.error(f"--audience {args.audience!r} is not an audience (non-empty, no spaces)")
     if args.namespace is None:
-        from webhook.server import default_namespace
-
         args.namespace = default_namespace()
     return args
 
@@ -306,8 +310,6 @@ async def serve(args: argparse.Namespace) -> int:
     reviewer = TokenReviewer(args.audience)
     state = RelayState(settings=settings, reloader=reloader, watcher=watcher, reviewer=reviewer, log=log,
                        counters=counters, heartbeat=args.heartbeat, max_subscribers=args.max_subscribers)
-    app = make_app(state)
-
     stop = asyncio.Event()
     tasks = [asyncio.create_task(reloader.watch(stop), name="tls-watch")]
     if settings_reloader is not None:
@@ -322,27 +324,20 @@ async def serve(args: argparse.Namespace) -> int:
         state.extra_not_ready = auto.not_ready_reasons
         tasks.append(asyncio.create_task(auto.run(stop), name="auto-tls"))
 
-    # asyncio's TLS transport preallocates a max_size (256 KiB) read buffer per connection: 2.5 GiB
-    # for 10,000 idle subscribers that send ~1 KiB each. Reads of TLS records work at any size.
-    asyncio.sslproto.SSLProtocol.max_size = SSL_READ_BUFFER
-    # handler_cancellation: a subscriber that goes away ends its handler at once (its folders are
-    # dropped when nobody else watches them), not at the next heartbeat write.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, ssl_context=reloader.server_context, backlog=4096)
+    server = HttpsServer(make_handler(state), reloader.server_context, max_body=MAX_BODY, log=log)
     try:
-        await site.start()
+        server.listen(args.host, args.port)
     except OSError as exc:
         log.error("listen_failed", host=args.host, port=args.port, error=exc.strerror)
-        await runner.cleanup()
         return 2
+    tasks.append(asyncio.create_task(heartbeats(state, stop), name="heartbeats"))
     # Everything built so far lives as long as the process: keep it out of the collector's walks,
     # and collect young objects less often (10,000 subscribers are ~10^6 live objects: a full
     # collection in the middle of a fan-out delays every notice behind it).
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    port = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else args.port  # type: ignore[union-attr]
+    port = server.port
     log.info("listening", host=args.host, port=port, tls_mode=args.tls_mode, poll_interval=args.poll_interval,
              read_values=args.read_values, events=args.events, audience=args.audience, pid=os.getpid(),
              ready=not state.not_ready_reasons())
@@ -364,7 +359,7 @@ async def serve(args: argparse.Namespace) -> int:
     await asyncio.gather(*tasks, return_exceptions=True)
     if auto is not None:
         await auto.close()
-    await runner.cleanup()
+    await server.close()
     await watcher.close()
     await reviewer.close()
     log.info("stopped")

@@ -47,7 +47,7 @@ class ReviewUnavailable(Exception):
 class TokenReviewer:
     def __init__(self, audience: str, *, configuration: Any = None, timeout: float = 10.0) -> None:
         self.audience = audience
-        self.configuration = configuration  # kubernetes_asyncio Configuration; None = in-cluster/kubeconfig
+        self.configuration = configuration  # relay.kubeapi.KubeTarget; None = in-cluster/kubeconfig
         self.timeout = timeout
         self._api: Any = None
         self._cache: dict[str, tuple[float, PodIdentity | str]] = {}
@@ -58,9 +58,9 @@ class TokenReviewer:
 
     async def _client(self) -> Any:
         if self._api is None:
-            from webhook.kube import api_client  # noqa: PLC0415 (kubernetes-asyncio: only when a review is needed)
+            from relay.kubeapi import KubeApi, load_target  # noqa: PLC0415
 
-            self._api = await api_client(self.configuration)
+            self._api = KubeApi(self.configuration or load_target(), timeout=self.timeout)
         return self._api
 
     async def review(self, token: str) -> PodIdentity:
@@ -100,19 +100,18 @@ class TokenReviewer:
             return await self._ask_now(token)
 
     async def _ask_now(self, token: str) -> PodIdentity | str:
-        from kubernetes_asyncio.client.exceptions import ApiException  # noqa: PLC0415
+        from relay.kubeapi import KubeApiError, KubeConfigError  # noqa: PLC0415
 
-        api = await self._client()
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                 "spec": {"token": token, "audiences": [self.audience]}}
-        self.reviews += 1
         try:
-            doc = await api.call_api(
-                REVIEW_PATH, "POST", header_params={"Accept": "application/json", "Content-Type": "application/json"},
-                body=body, response_types_map={200: "object", 201: "object"}, auth_settings=["BearerToken"],
-                _return_http_data_only=True, _request_timeout=self.timeout)
-        except ApiException as exc:
-            raise ReviewUnavailable(f"TokenReview answered {exc.status} {exc.reason or ''}".strip()
+            api = await self._client()
+            self.reviews += 1
+            doc = await api.post(REVIEW_PATH, body)
+        except KubeConfigError as exc:
+            raise ReviewUnavailable(str(exc)) from None
+        except KubeApiError as exc:
+            raise ReviewUnavailable(f"TokenReview answered {exc}"
                                     + ("; the relay's service account needs create on tokenreviews" if exc.status == 403 else "")) from None
         except (OSError, asyncio.TimeoutError) as exc:
             raise ReviewUnavailable(f"TokenReview failed: {type(exc).__name__}") from None

@@ -13,7 +13,7 @@ Sources, cheapest first:
      folders are not watched: subscribers are told so and keep their own polling.
 
 A folder's first check sets its baseline (no notice); later differences bump its change counter
-(the marker subscribers see) and push one frame to each subscriber's queue. A folder nobody watches
+(the marker subscribers see) and write one frame, encoded once, to each subscriber's connection. A folder nobody watches
 any more is dropped with its task. KMS failures back off and are logged on state changes only.
 """
 
@@ -37,20 +37,35 @@ CHECK_CONCURRENCY = 8  # KMS requests in flight per host
 
 
 class Subscriber:
-    """One open stream: a queue of encoded frames the server writes out."""
+    """One open stream. Frames are written straight to its connection (relay/https_server.Conn:
+    `write(bytes)`, `close()`); until `release` sends the "subscribed" frame they are held, so a
+    change found meanwhile follows it instead of preceding it."""
 
-    __slots__ = ("queue", "namespace", "service_account", "folders", "closed")
+    __slots__ = ("conn", "held", "namespace", "service_account", "folders", "closed")
 
-    def __init__(self, namespace: str, service_account: str, folders: list[Folder]) -> None:
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+    def __init__(self, namespace: str, service_account: str, folders: list[Folder], conn: Any = None) -> None:
+        self.conn = conn
+        self.held: list[bytes] | None = []
         self.namespace = namespace
         self.service_account = service_account
         self.folders = folders
         self.closed = False
 
     def push(self, frame: bytes | None) -> None:
-        if not self.closed:
-            self.queue.put_nowait(frame)
+        """A frame for this subscriber; None closes its stream (settings change, shutdown)."""
+        if self.closed or self.conn is None:
+            return
+        if frame is None:
+            self.conn.close()
+        elif self.held is not None:
+            self.held.append(frame)
+        else:
+            self.conn.write(frame)
+
+    def release(self, first: bytes) -> None:
+        held, self.held = self.held or [], None
+        if self.conn is not None and not self.closed:
+            self.conn.write(first + b"".join(held))
 
 
 @dataclass
@@ -111,6 +126,9 @@ class Watcher:
     def add(self, sub: Subscriber) -> list[FolderWatch]:
         self.subscribers += 1
         out = []
+        # each subscriber names its folders with its own parsed strings: keep the watched ones'
+        # (10,000 subscribers of one folder then share one Folder, not 10,000 equal copies)
+        sub.folders = [self.folders[f].folder if f in self.folders else f for f in sub.folders]
         for folder in sub.folders:
             fw = self.folders.get(folder)
             if fw is None:
@@ -144,9 +162,12 @@ class Watcher:
 
     # -- fan-out ------------------------------------------------------------------------------
     def _notify(self, fw: FolderWatch, event: str, data: dict[str, Any]) -> None:
-        frame = sse(event, data)  # encoded once for every subscriber of the folder
+        """One encode, then a tight loop of synchronous writes: no task or queue per subscriber. A
+        subscriber closed by a failed write leaves the set later (call_soon), not during this loop."""
+        frame = sse(event, data)
+        push = Subscriber.push
         for sub in fw.subscribers:
-            sub.push(frame)
+            push(sub, frame)
         self.stats.notices += len(fw.subscribers)
 
     def _changed(self, fw: FolderWatch) -> None:
