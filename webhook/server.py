@@ -263,8 +263,11 @@ def make_app(state: WebhookState) -> web.Application:
             metrics.bad_request(400)
             return _status(400, "BadRequest", problem)
         uid = doc["request"]["uid"]
-        inp = review_input(doc)
-        key = cache.key(inp, len(body)) if cache is not None else None
+        try:
+            inp = review_input(doc)  # never raises by contract; if it did, review() re-extracts inside its own guard
+        except Exception:
+            inp = None
+        key = cache.key(inp, len(body)) if cache is not None and inp is not None else None
         cached = cache.get(key) if key is not None else None
         cacheable = False
         if cached is not None:
