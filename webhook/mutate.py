@@ -49,13 +49,15 @@ def encode_patch(patch: list[dict[str, Any]]) -> bytes:
         return json.dumps(patch, separators=(",", ":")).encode()
 
 
-def review(body: Any, settings: Settings) -> ReviewResult:
-    """One AdmissionReview request -> the full AdmissionReview response. Never raises."""
+def review(body: Any, settings: Settings, inp: ReviewInput | None = None) -> ReviewResult:
+    """One AdmissionReview request -> the full AdmissionReview response. Never raises.
+    `inp`: review_input(body) when the caller has it already (the server keys its cache on it)."""
     uid = _uid(body)
     api_version = body.get("apiVersion") if isinstance(body, dict) else None
     api_version = api_version if api_version in API_VERSIONS else API_VERSIONS[0]
     try:
-        inp = review_input(body)
+        if inp is None:
+            inp = review_input(body)
         result = decide(inp, settings)
         if inp.uid_ok:  # the answer names the request only through its uid
             result.uid = result.response["response"]["uid"] = uid

@@ -178,9 +178,9 @@ class ReviewCache:
     def __init__(self, size: int = 512, max_bytes: int = 16 << 20, max_entry: int = 256 << 10) -> None:
         from collections import OrderedDict
 
-        from webhook.review_key import review_key  # noqa: PLC0415 (lazy, like review(): keeps `--help` fast)
+        from webhook.review_key import input_key  # noqa: PLC0415 (lazy, like review(): keeps `--help` fast)
 
-        self._review_key = review_key
+        self._input_key = input_key
 
         self.size = size
         self.max_bytes = max_bytes
@@ -190,8 +190,9 @@ class ReviewCache:
         self.hits = 0
         self.misses = 0
 
-    def key(self, doc: dict, body_size: int = 0) -> bytes | None:
-        return self._review_key(doc, self.max_entry) if body_size <= self.max_entry else None
+    def key(self, inp: Any, body_size: int = 0) -> bytes | None:
+        """The key of a review input (webhook.review_input), or None: do not cache."""
+        return self._input_key(inp, self.max_entry) if body_size <= self.max_entry else None
 
     def clear(self) -> None:
         self.entries.clear()
@@ -218,11 +219,20 @@ class ReviewCache:
 
 
 def make_app(state: WebhookState) -> web.Application:
-    review = state.review
-    if review is None:
-        from webhook.mutate import review as review_  # noqa: PLC0415 (lazy: keeps `--help` fast)
+    # The review input is extracted once per request and handed to both the cache key and
+    # review() (mutate.review takes it as a third argument). A plugged-in `state.review` keeps
+    # the two-argument signature (doc, settings) and extracts what it wants itself.
+    from webhook.review_input import review_input  # noqa: PLC0415 (lazy: keeps `--help` fast)
 
-        review = review_
+    if state.review is None:
+        from webhook.mutate import review as review_  # noqa: PLC0415
+
+        review: Callable[[dict, Any, Any], Any] = review_
+    else:
+        plugged = state.review
+
+        def review(doc: dict, settings: Any, _inp: Any) -> Any:
+            return plugged(doc, settings)
     metrics, log, max_body, cache = state.metrics, state.log, state.max_body, state.cache
     perf = time.perf_counter
     loads, dumps = orjson.loads, orjson.dumps
@@ -253,7 +263,11 @@ def make_app(state: WebhookState) -> web.Application:
             metrics.bad_request(400)
             return _status(400, "BadRequest", problem)
         uid = doc["request"]["uid"]
-        key = cache.key(doc, len(body)) if cache is not None else None
+        try:
+            inp = review_input(doc)  # never raises by contract; if it did, review() re-extracts inside its own guard
+        except Exception:
+            inp = None
+        key = cache.key(inp, len(body)) if cache is not None and inp is not None else None
         cached = cache.get(key) if key is not None else None
         cacheable = False
         if cached is not None:
@@ -262,7 +276,7 @@ def make_app(state: WebhookState) -> web.Application:
             pod = _pod_name(doc)  # not in the key: each replica logs its own
         else:
             try:
-                result = review(doc, state.settings)  # the one settings read (hot reload swaps it)
+                result = review(doc, state.settings, inp)  # the one settings read (hot reload swaps it)
                 response, decision = result.response, result.decision
                 namespace, pod, warnings = result.namespace, result.pod, len(result.warnings or ())
                 if getattr(result, "internal_error", ""):  # review() caught its own bug and refused

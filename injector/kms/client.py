@@ -208,7 +208,7 @@ class KmsClient:
         """Which API this server speaks, by the routes that identify it; both when none answers."""
         if await self._probe(self.http, STATUS_PATH, _infisical_status):
             return ["infisical"], f"GET {self.http.origin.prefix}{STATUS_PATH} answered the Infisical status"
-        from injector.kms import canonical  # only now: an Infisical server never loads the canonical backend
+        from injector.kms import canonical  # only now: ~1.3 ms of start-up (with base64) an Infisical server never needs
 
         if await self._probe(self.canonical_backend().http, canonical.HEALTH_PATH, _canonical_health):
             return ["canonical"], f"GET {canonical.HEALTH_PATH} answered (the canonical health route)"
