@@ -597,6 +597,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(proc: subprocess.Popen, port: int, ca: Path, server_name: str, path: str, timeout: float = 30) -> None:
+    """Poll a rendered server's readiness probe over TLS until it answers 200 (or the process dies)."""
+    deadline, status = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+        try:
+            status, _ = _https(port, ca, server_name, "GET", path)
+            if status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"readiness probe never passed (last status {status})")
+
+
 def _https(port: int, ca: Path, server_name: str, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
     """One request the way kube-apiserver makes it: TLS verified against the caBundle, by DNS name."""
     ctx = ssl.create_default_context(cafile=str(ca))
@@ -635,18 +650,7 @@ def test_rendered_pod_spec_runs_the_real_webhook_with_the_rendered_tls_and_setti
     svc = only(objs, "Service")["metadata"]["name"]
     server_name = f"{svc}.{NAMESPACE}.svc"
     try:
-        deadline = time.monotonic() + 30
-        status = None
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-            try:
-                status, _ = _https(port, ca, server_name, "GET", c["readinessProbe"]["httpGet"]["path"])
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        assert status == 200, f"readiness probe never passed (last status {status})"
+        wait_ready(proc, port, ca, server_name, c["readinessProbe"]["httpGet"]["path"])
         assert _https(port, ca, server_name, "GET", c["livenessProbe"]["httpGet"]["path"])[0] == 200
 
         review = json.loads((ROOT / "tests" / "fixtures" / "admission" / "pod-annotated-chat.json").read_text())

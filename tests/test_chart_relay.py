@@ -20,7 +20,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from tests.test_chart import (CHART, HANZO_VALUES, K8S_VERSION, NAMESPACE, RELEASE, _check_cert_manager_shape, _flag,
+from tests.test_chart import (wait_ready, CHART, HANZO_VALUES, K8S_VERSION, NAMESPACE, RELEASE, _check_cert_manager_shape, _flag,
                               _free_port, _https, _render)
 
 RELAY = f"{RELEASE}-relay"
@@ -217,17 +217,7 @@ def test_rendered_relay_runs_with_the_rendered_tls_and_settings(tmp_path: Path) 
                             env={**os.environ, "POD_NAMESPACE": NAMESPACE}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     server_name = f"{one(relay, 'Service')['metadata']['name']}.{NAMESPACE}.svc"
     try:
-        deadline, status = time.monotonic() + 30, None
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-            try:
-                status, _ = _https(port, ca, server_name, "GET", c["readinessProbe"]["httpGet"]["path"])
-                if status == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        assert status == 200, f"readiness probe never passed (last status {status})"
+        wait_ready(proc, port, ca, server_name, c["readinessProbe"]["httpGet"]["path"])
         # a subscription without a token is refused with a clear message (no Kubernetes API needed)
         status, body = _https(port, ca, server_name, "POST", "/v1/watch", b"{}")
         assert status == 401 and "Bearer" in json.loads(body)["message"]
