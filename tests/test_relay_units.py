@@ -70,20 +70,17 @@ def test_client_subscription_names_every_source_once() -> None:
 
 
 async def test_auto_tls_issues_a_leaf_from_the_webhooks_ca(kube: FakeKube, tmp_path: Path) -> None:  # noqa: F811
-    from kubernetes_asyncio import client
-
     from relay.autotls import RelayAutoTLS
+    from relay.kubeapi import KubeTarget
     from tests.test_autotls import TOKEN
 
-    conf = client.Configuration(host=f"http://127.0.0.1:{kube.port}")
-    conf.api_key = {"BearerToken": TOKEN}
-    conf.api_key_prefix = {"BearerToken": "Bearer"}
     log = ListLog()
     auto = RelayAutoTLS(namespace=NS, secret=SECRET, service="kms-injector-relay", cert_dir=tmp_path / "certs", log=log,
-                        kube_configuration=conf)
+                        kube_target=KubeTarget(f"http://127.0.0.1:{kube.port}", token=TOKEN))
     try:
         await auto.step()
         assert auto.not_ready_reasons() and "cannot read Secret" in auto.not_ready_reasons()[0]
+        assert "404 NotFound" in auto.not_ready_reasons()[0]  # the API server's Status reason
         ca = certs.generate_ca()
         seed_secret(kube, certs.generate_serving_cert(ca, certs.service_dns_names("kms-injector", NS)), ca)
         await auto.step()

@@ -34,8 +34,8 @@ from injector.log import Logger, get_logger
 from webhook import certs
 from webhook.kube import Kube, KubeError, api_client
 from webhook.reload import bytes_digest
+from webhook.tls_secret import ISSUED_AT, Material, material_from_secret  # noqa: F401 (re-exported)
 
-ISSUED_AT = "kms.hanzo.ai/leaf-issued-at"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kms-injector"}
 MAX_CONFLICT_RETRIES = 5
 
@@ -63,43 +63,6 @@ class AutoTLSConfig:
 
 
 # --- pure: what the Secret should hold ------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Material:
-    """The Secret's TLS content. ca_cert is the current CA; previous_ca only during a rotation."""
-
-    leaf: certs.KeyPair
-    ca: certs.KeyPair
-    previous_ca: bytes | None = None
-    leaf_issued_at: dt.datetime | None = None
-
-    def bundle(self) -> bytes:
-        return certs.ca_bundle(self.ca.cert_pem, self.previous_ca)
-
-
-def material_from_secret(secret: dict | None) -> Material | None:
-    """Parse our Secret; None when absent or unusable (then it is made anew)."""
-    if not secret:
-        return None
-    data = secret.get("data") or {}
-    try:
-        raw = {k: base64.b64decode(v) for k, v in data.items() if isinstance(v, str)}
-        cas = certs.split_pem_bundle(raw.get("ca.crt", b""))
-        ca = certs.KeyPair(cas[0], raw["ca.key"])
-        leaf = certs.KeyPair(raw["tls.crt"], raw["tls.key"])
-        if not certs.key_matches_cert(ca.cert_pem, ca.key_pem):
-            return None
-    except (KeyError, IndexError, ValueError):
-        return None
-    issued = None
-    ann = ((secret.get("metadata") or {}).get("annotations") or {}).get(ISSUED_AT)
-    if ann:
-        try:
-            issued = dt.datetime.fromisoformat(ann.replace("Z", "+00:00"))
-        except ValueError:
-            issued = None
-    return Material(leaf=leaf, ca=ca, previous_ca=cas[1] if len(cas) > 1 else None, leaf_issued_at=issued)
-
 
 def secret_body(cfg: AutoTLSConfig, m: Material, existing: dict | None) -> dict:
     """The Secret to create, or to PUT over `existing` (its resourceVersion makes the PUT
