@@ -14,7 +14,6 @@ client), not kubernetes-asyncio: that import alone would cost the relay ~55 MiB 
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,25 +49,19 @@ class RelayAutoTLS:
             self._api = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.step()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep serving the current leaf; say why once
-                reason = f"auto TLS step failed: {type(exc).__name__}"
-                if reason != self.problem and self._leaf is None:
-                    self.log.warning("relay_autotls_failed", error=type(exc).__name__)
-                    self.problem = reason
-            try:
-                async with asyncio.timeout(self.tick):
-                    await stop.wait()
-            except TimeoutError:
-                pass
+        from webhook.autotls_shared import run_every
+
+        def failed(exc: Exception) -> None:  # keep serving the current leaf; say why once
+            reason = f"auto TLS step failed: {type(exc).__name__}"
+            if reason != self.problem and self._leaf is None:
+                self.log.warning("relay_autotls_failed", error=type(exc).__name__)
+                self.problem = reason
+
+        await run_every(self.step, self.tick, stop, failed)
 
     async def step(self) -> None:
         from relay.kubeapi import KubeApi, KubeApiError, KubeConfigError, load_target
-        from webhook.tls_secret import material_from_secret
+        from webhook.autotls_shared import material_from_secret, write_pair
 
         where = f"Secret {self.namespace}/{self.secret}"
         try:
@@ -103,15 +96,3 @@ class RelayAutoTLS:
         self.problem = ""
         self.log.info("relay_cert_issued" if first else "relay_cert_renewed", service=self.service,
                       serial=f"{certs.serial_of(leaf.cert_pem):x}")
-
-
-def write_pair(cert_dir: Path, pair: certs.KeyPair) -> None:
-    """Key first, then the certificate, each by rename: the reloader never reads half a file (a
-    mismatched pair in between is refused by it, and re-read a moment later)."""
-    cert_dir.mkdir(parents=True, exist_ok=True)
-    for name, data, mode in (("tls.key", pair.key_pem, 0o600), ("tls.crt", pair.cert_pem, 0o644)):
-        tmp = cert_dir / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, cert_dir / name)
