@@ -40,6 +40,12 @@ ROTATED_PREFIX = "rotated-value-"
 
 # --- the Kubernetes API stand-in: TokenReview -------------------------------------------------------
 
+def kube_status(code: int, reason: str, message: str, **extra: Any) -> web.Response:
+    """A failure as kube-apiserver answers it: a Status object with the HTTP code."""
+    return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                              "message": message, "reason": reason, "code": code, **extra}, status=code)
+
+
 class FakeKubeAuth:
     """POST /apis/authentication.k8s.io/v1/tokenreviews with the API server's shapes: 201 and a
     TokenReview whose status says authenticated + user + audiences, or carries `error` (an unknown
@@ -77,20 +83,16 @@ class FakeKubeAuth:
     async def _get_secret(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["ns"], request.match_info["name"]
         if request.headers.get("Authorization") != f"Bearer {KUBE_TOKEN}":
-            return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                                      "message": "Unauthorized", "reason": "Unauthorized", "code": 401}, status=401)
+            return kube_status(401, "Unauthorized", "Unauthorized")
         self.secret_gets += 1
         obj = self.secrets.get((ns, name))
         if obj is None:
-            return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                                      "message": f'secrets "{name}" not found', "reason": "NotFound",
-                                      "details": {"name": name, "kind": "secrets"}, "code": 404}, status=404)
+            return kube_status(404, "NotFound", f'secrets "{name}" not found', details={"name": name, "kind": "secrets"})
         return web.json_response(obj)
 
     async def _review(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {KUBE_TOKEN}":
-            return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                                      "message": "Unauthorized", "reason": "Unauthorized", "code": 401}, status=401)
+            return kube_status(401, "Unauthorized", "Unauthorized")
         body = await request.json()
         assert body.get("kind") == "TokenReview" and body.get("apiVersion") == "authentication.k8s.io/v1"
         spec = body["spec"]
