@@ -5,8 +5,7 @@ Why not kubernetes-asyncio (webhook/kube.py): importing its client costs ~55 MiB
 process whose budget is 200 MiB for 10,000 subscribers, for one POST and one GET (and aiohttp
 another ~11 MiB). The requests go over injector/kms/http.py's h11 client, which the relay loads
 anyway for KMS; only a kubeconfig with a client certificate or insecure-skip-tls-verify falls back
-to aiohttp. This
-reads the same two configurations kubernetes-asyncio would:
+to aiohttp. This reads the same two configurations kubernetes-asyncio would:
   - in a pod (KUBERNETES_SERVICE_HOST set): https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT,
     the service-account token (re-read on every call: the kubelet rotates it) and its ca.crt;
   - else the kubeconfig ($KUBECONFIG, first file, or ~/.kube/config): the current context's
