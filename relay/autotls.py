@@ -7,18 +7,21 @@ and every replica issues itself a leaf for the relay Service's names, in memory 
 so replicas need no Lease and no coordination: each re-issues when its leaf has a third of its life
 left, or when the CA in the Secret changed (the webhook rotated it; during the webhook's grace
 period both CAs are in `ca.crt`, so agents holding either keep verifying us once we moved).
-RBAC: `get` on that one Secret.
+RBAC: `get` on that one Secret. The GET goes through relay/kubeapi.py (h11, the TokenReview's
+client), not kubernetes-asyncio: that import alone would cost the relay ~55 MiB of RSS.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from injector.log import Logger
 from webhook import certs
+
+if TYPE_CHECKING:
+    from relay.kubeapi import KubeTarget
 
 TICK = 30.0
 LEAF_LIFETIME_DAYS = 90
@@ -26,13 +29,13 @@ LEAF_LIFETIME_DAYS = 90
 
 class RelayAutoTLS:
     def __init__(self, *, namespace: str, secret: str, service: str, cert_dir: Path, log: Logger,
-                 kube_configuration: Any = None, tick: float = TICK) -> None:
+                 kube_target: KubeTarget | None = None, tick: float = TICK) -> None:
         self.namespace, self.secret, self.service = namespace, secret, service
         self.cert_dir = cert_dir
         self.log = log
-        self.kube_configuration = kube_configuration
+        self.kube_target = kube_target  # None: in-cluster config, else the kubeconfig (relay/kubeapi.py)
         self.tick = tick
-        self._kube: Any = None
+        self._api: Any = None
         self._ca_cert: bytes | None = None
         self._leaf: certs.KeyPair | None = None
         self.problem = "waiting for the webhook's CA Secret"
@@ -40,50 +43,44 @@ class RelayAutoTLS:
     def not_ready_reasons(self) -> list[str]:
         return [self.problem] if self.problem else []
 
-    async def _client(self) -> Any:
-        if self._kube is None:
-            from webhook.kube import Kube, api_client
-
-            self._kube = Kube(await api_client(self.kube_configuration))
-        return self._kube
-
     async def close(self) -> None:
-        if self._kube is not None:
-            await self._kube.close()
-            self._kube = None
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.step()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep serving the current leaf; say why once
-                reason = f"auto TLS step failed: {type(exc).__name__}"
-                if reason != self.problem and self._leaf is None:
-                    self.log.warning("relay_autotls_failed", error=type(exc).__name__)
-                    self.problem = reason
-            try:
-                async with asyncio.timeout(self.tick):
-                    await stop.wait()
-            except TimeoutError:
-                pass
+        from webhook.autotls_shared import run_every
+
+        def failed(exc: Exception) -> None:  # keep serving the current leaf; say why once
+            reason = f"auto TLS step failed: {type(exc).__name__}"
+            if reason != self.problem and self._leaf is None:
+                self.log.warning("relay_autotls_failed", error=type(exc).__name__)
+                self.problem = reason
+
+        await run_every(self.step, self.tick, stop, failed)
 
     async def step(self) -> None:
-        from webhook.autotls import material_from_secret
-        from webhook.kube import KubeError
+        from relay.kubeapi import KubeApi, KubeApiError, KubeConfigError, load_target
+        from webhook.autotls_shared import material_from_secret, write_pair
 
-        kube = await self._client()
+        where = f"Secret {self.namespace}/{self.secret}"
         try:
-            secret = await kube.get_secret(self.namespace, self.secret)
-        except KubeError as exc:
-            self.problem = f"cannot read Secret {self.namespace}/{self.secret}: {exc.status} {exc.reason}"
+            if self._api is None:
+                self._api = KubeApi(self.kube_target or load_target())
+            secret = await self._api.get_json(f"/api/v1/namespaces/{self.namespace}/secrets/{self.secret}")
+        except KubeConfigError as exc:  # names the kubeconfig field; holds no credential
+            self.problem = f"cannot read {where}: {exc}"
+            if self._leaf is None:
+                self.log.warning("relay_ca_unavailable", secret=self.secret, error=str(exc))
+            return
+        except KubeApiError as exc:
+            self.problem = f"cannot read {where}: {exc.status} {exc.reason}"
             if self._leaf is None:
                 self.log.warning("relay_ca_unavailable", secret=self.secret, status=exc.status, reason=exc.reason)
             return
         material = material_from_secret(secret)
         if material is None:
-            self.problem = f"Secret {self.namespace}/{self.secret} holds no usable CA yet (the webhook makes it)"
+            self.problem = f"{where} holds no usable CA yet (the webhook makes it)"
             return
         ca = material.ca
         if self._leaf is not None and ca.cert_pem == self._ca_cert and not certs.needs_renewal(self._leaf.cert_pem):
@@ -99,15 +96,3 @@ class RelayAutoTLS:
         self.problem = ""
         self.log.info("relay_cert_issued" if first else "relay_cert_renewed", service=self.service,
                       serial=f"{certs.serial_of(leaf.cert_pem):x}")
-
-
-def write_pair(cert_dir: Path, pair: certs.KeyPair) -> None:
-    """Key first, then the certificate, each by rename: the reloader never reads half a file (a
-    mismatched pair in between is refused by it, and re-read a moment later)."""
-    cert_dir.mkdir(parents=True, exist_ok=True)
-    for name, data, mode in (("tls.key", pair.key_pem, 0o600), ("tls.crt", pair.cert_pem, 0o644)):
-        tmp = cert_dir / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, cert_dir / name)

@@ -1,10 +1,11 @@
-"""The one Kubernetes API call the relay makes per new token (POST a TokenReview).
+"""The relay's Kubernetes API calls: POST a TokenReview per new token; in `--tls-mode auto`, GET
+the webhook's TLS Secret (relay/autotls.py).
 
 Why not kubernetes-asyncio (webhook/kube.py): importing its client costs ~55 MiB of RSS in a
-process whose budget is 200 MiB for 10,000 subscribers, for one POST (and aiohttp another ~11 MiB).
-The POST goes over injector/kms/http.py's h11 client, which the relay loads anyway for KMS; only
-a kubeconfig with a client certificate or insecure-skip-tls-verify falls back to aiohttp. This
-reads the same two configurations kubernetes-asyncio would:
+process whose budget is 200 MiB for 10,000 subscribers, for one POST and one GET (and aiohttp
+another ~11 MiB). The requests go over injector/kms/http.py's h11 client, which the relay loads
+anyway for KMS; only a kubeconfig with a client certificate or insecure-skip-tls-verify falls back
+to aiohttp. This reads the same two configurations kubernetes-asyncio would:
   - in a pod (KUBERNETES_SERVICE_HOST set): https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT,
     the service-account token (re-read on every call: the kubelet rotates it) and its ca.crt;
   - else the kubeconfig ($KUBECONFIG, first file, or ~/.kube/config): the current context's
@@ -121,7 +122,7 @@ def load_target() -> KubeTarget:
 
 
 class KubeApi:
-    """POST JSON to the API server; answers as dicts. The HTTP client is made on first use."""
+    """JSON to and from the API server; answers as dicts. The HTTP client is made on first use."""
 
     def __init__(self, target: KubeTarget, timeout: float = 10.0) -> None:
         self.target = target
@@ -130,7 +131,13 @@ class KubeApi:
         self._session: Any = None
 
     async def post(self, path: str, body: dict) -> dict:
-        headers = {}  # HttpClient sends Accept and Content-Type for a JSON body
+        return await self._call("POST", path, body)
+
+    async def get_json(self, path: str) -> dict:
+        return await self._call("GET", path, None)
+
+    async def _call(self, method: str, path: str, body: dict | None) -> dict:
+        headers = {}  # HttpClient sends Accept (and Content-Type for a JSON body)
         bearer = self.target.bearer()
         if bearer:
             headers["Authorization"] = f"Bearer {bearer}"
@@ -140,26 +147,32 @@ class KubeApi:
 
             if self._http is None:
                 self._http = HttpClient(t.server, timeout=self.timeout, ca_file=t.ca_file, user_agent="kms-injector-relay")
-            resp = await self._http.request("POST", path, json=body, headers=headers)
+            resp = await self._http.request(method, path, json=body, headers=headers)
             status, reason, raw = resp.status, resp.reason, resp.body
         else:
-            status, reason, raw = await self._post_aiohttp(path, body, headers)
-        if status >= 300:
-            raise KubeApiError(status, reason or "")
+            status, reason, raw = await self._call_aiohttp(method, path, body, headers)
         try:
             doc = json.loads(raw)
         except ValueError:
-            raise KubeApiError(status, "the answer is not JSON") from None
+            doc = None
+        if status >= 300:  # a Status object names why (NotFound, Forbidden, ...): prefer it to the HTTP reason
+            status_reason = doc.get("reason") if isinstance(doc, dict) and doc.get("kind") == "Status" else None
+            raise KubeApiError(status, str(status_reason or reason or ""))
+        if doc is None:
+            raise KubeApiError(status, "the answer is not JSON")
         return doc if isinstance(doc, dict) else {}
 
-    async def _post_aiohttp(self, path: str, body: dict, headers: dict[str, str]) -> tuple[int, str, bytes]:
+    async def _call_aiohttp(self, method: str, path: str, body: dict | None,
+                            headers: dict[str, str]) -> tuple[int, str, bytes]:
         import aiohttp  # noqa: PLC0415 (client certificates, no verification: kubeconfigs outside a pod)
 
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-        headers = {**headers, "Accept": "application/json", "Content-Type": "application/json"}
-        async with self._session.post(self.target.server + path, data=json.dumps(body), headers=headers,
-                                      ssl=self.target.ssl_context()) as resp:
+        headers = {**headers, "Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        async with self._session.request(method, self.target.server + path, headers=headers, ssl=self.target.ssl_context(),
+                                         data=None if body is None else json.dumps(body)) as resp:
             return resp.status, resp.reason or "", await resp.read()
 
     async def close(self) -> None:

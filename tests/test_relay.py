@@ -40,13 +40,23 @@ ROTATED_PREFIX = "rotated-value-"
 
 # --- the Kubernetes API stand-in: TokenReview -------------------------------------------------------
 
+def kube_status(code: int, reason: str, message: str, **extra: Any) -> web.Response:
+    """A failure as kube-apiserver answers it: a Status object with the HTTP code."""
+    return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                              "message": message, "reason": reason, "code": code, **extra}, status=code)
+
+
 class FakeKubeAuth:
     """POST /apis/authentication.k8s.io/v1/tokenreviews with the API server's shapes: 201 and a
     TokenReview whose status says authenticated + user + audiences, or carries `error` (an unknown
-    token, or one whose audiences do not include the requested one, as kube-apiserver words it)."""
+    token, or one whose audiences do not include the requested one, as kube-apiserver words it).
+    Also GET /api/v1/namespaces/{ns}/secrets/{name} (the relay's auto TLS reads the webhook's
+    Secret): the object as stored, or the 404 Status kube-apiserver answers."""
 
     def __init__(self) -> None:
         self.tokens: dict[str, tuple[str, str, list[str]]] = {}  # token -> (namespace, sa, audiences)
+        self.secrets: dict[tuple[str, str], dict] = {}  # (namespace, name) -> Secret object
+        self.secret_gets = 0
         self.reviews = 0
         self.runner: web.AppRunner | None = None
         self.port = 0
@@ -59,6 +69,7 @@ class FakeKubeAuth:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._review)
+        app.router.add_get("/api/v1/namespaces/{ns}/secrets/{name}", self._get_secret)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -69,10 +80,19 @@ class FakeKubeAuth:
         if self.runner:
             await self.runner.cleanup()
 
+    async def _get_secret(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        if request.headers.get("Authorization") != f"Bearer {KUBE_TOKEN}":
+            return kube_status(401, "Unauthorized", "Unauthorized")
+        self.secret_gets += 1
+        obj = self.secrets.get((ns, name))
+        if obj is None:
+            return kube_status(404, "NotFound", f'secrets "{name}" not found', details={"name": name, "kind": "secrets"})
+        return web.json_response(obj)
+
     async def _review(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {KUBE_TOKEN}":
-            return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                                      "message": "Unauthorized", "reason": "Unauthorized", "code": 401}, status=401)
+            return kube_status(401, "Unauthorized", "Unauthorized")
         body = await request.json()
         assert body.get("kind") == "TokenReview" and body.get("apiVersion") == "authentication.k8s.io/v1"
         spec = body["spec"]
@@ -179,6 +199,7 @@ class RelayHarness:
     proc: Proc | None = None
     extra: list[str] = field(default_factory=list)
     runs: int = 0
+    host_name: str = "127.0.0.1"  # the name clients dial and verify (auto TLS: one of the Service's names)
 
     def prepare(self) -> None:
         ca = certs.generate_ca("relay-test-ca")
@@ -194,16 +215,16 @@ class RelayHarness:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.host_name}:{self.port}"
 
-    def start(self, *extra: str) -> Proc:
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> Proc:
         self.runs += 1
         argv = [*KMS_INJECTOR, "relay", "--port", str(self.port), "--host", "127.0.0.1",
                 "--settings", str(self.tmp / "settings.yaml"),
                 "--tls-cert", str(self.tmp / "tls" / "tls.crt"), "--tls-key", str(self.tmp / "tls" / "tls.key"),
                 "--credentials-dir", str(self.tmp / "relay-auth"), "--audience", AUDIENCE,
                 "--poll-interval", "0.3", "--heartbeat", "2", *self.extra, *extra]
-        self.proc = spawn(argv, self.tmp, f"relay{self.runs}", env={"KUBECONFIG": str(self.tmp / "kubeconfig")})
+        self.proc = spawn(argv, self.tmp, f"relay{self.runs}", env={"KUBECONFIG": str(self.tmp / "kubeconfig"), **(env or {})})
         return self.proc
 
     async def wait_ready(self) -> None:
@@ -229,12 +250,12 @@ class RelayHarness:
                "".join((p.read_text(errors="replace") for p in self.tmp.glob("relay*.out")))
 
     async def get(self, path: str) -> tuple[int, str]:
-        return await https_get(self.port, self.ca_pem, path)
+        return await https_get(self.port, self.ca_pem, path, self.host_name)
 
 
-async def https_get(port: int, ca_pem: str, path: str) -> tuple[int, str]:
+async def https_get(port: int, ca_pem: str, path: str, host_name: str = "127.0.0.1") -> tuple[int, str]:
     ctx = ssl.create_default_context(cadata=ca_pem)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1")
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=host_name)
     writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
     await writer.drain()
     raw = await reader.read()

@@ -4,7 +4,9 @@ stream."""
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from relay.tokenreview import PodIdentity, judge
 from tests.agent_support import wait_for
 from tests.test_autotls import NS, SECRET, FakeKube, kube, seed_secret  # noqa: F401 (fixture)
 from tests.test_relay import ListLog, RelayHarness, relay_env, stop_subscribers, subscribe  # noqa: F401 (fixture)
+from tests.test_relay_scale import proc_rss_kib
 from webhook import certs
 
 HOST = "http://kms.hanzo.svc.cluster.local/api"
@@ -70,20 +73,17 @@ def test_client_subscription_names_every_source_once() -> None:
 
 
 async def test_auto_tls_issues_a_leaf_from_the_webhooks_ca(kube: FakeKube, tmp_path: Path) -> None:  # noqa: F811
-    from kubernetes_asyncio import client
-
     from relay.autotls import RelayAutoTLS
+    from relay.kubeapi import KubeTarget
     from tests.test_autotls import TOKEN
 
-    conf = client.Configuration(host=f"http://127.0.0.1:{kube.port}")
-    conf.api_key = {"BearerToken": TOKEN}
-    conf.api_key_prefix = {"BearerToken": "Bearer"}
     log = ListLog()
     auto = RelayAutoTLS(namespace=NS, secret=SECRET, service="kms-injector-relay", cert_dir=tmp_path / "certs", log=log,
-                        kube_configuration=conf)
+                        kube_target=KubeTarget(f"http://127.0.0.1:{kube.port}", token=TOKEN))
     try:
         await auto.step()
         assert auto.not_ready_reasons() and "cannot read Secret" in auto.not_ready_reasons()[0]
+        assert "404 NotFound" in auto.not_ready_reasons()[0]  # the API server's Status reason
         ca = certs.generate_ca()
         seed_secret(kube, certs.generate_serving_cert(ca, certs.service_dns_names("kms-injector", NS)), ca)
         await auto.step()
@@ -104,6 +104,44 @@ async def test_auto_tls_issues_a_leaf_from_the_webhooks_ca(kube: FakeKube, tmp_p
         assert all(SECRET in p for _, p, _ in kube.requests)
     finally:
         await auto.close()
+
+
+async def test_the_relay_process_in_auto_mode_serves_a_leaf_from_the_secret_without_kubernetes_asyncio(
+        relay_env: RelayHarness) -> None:
+    """A real relay in --tls-mode auto: it GETs the webhook's Secret from the stand-in API server
+    (the kubeconfig's), serves a leaf for the Service's names signed by that CA, and a subscriber
+    verifying it connects. Python's own import log (-X importtime, on stderr) shows kubernetes-asyncio
+    never loaded: it would cost ~55 MiB of the 10,000-subscriber budget (relay/kubeapi.py)."""
+    relay = relay_env
+    ca = certs.generate_ca("webhook-ca")
+    leaf = certs.generate_serving_cert(ca, certs.service_dns_names("kms-injector", NS))
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    relay.kube.secrets[(NS, SECRET)] = {
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": SECRET, "namespace": NS, "resourceVersion": "101"},
+        "data": {"tls.crt": b64(leaf.cert_pem), "tls.key": b64(leaf.key_pem), "ca.crt": b64(ca.cert_pem), "ca.key": b64(ca.key_pem)}}
+    relay.host_name, relay.ca_pem = "localhost", ca.cert_pem.decode()  # --service localhost: "localhost" is a SAN
+    relay.start("--tls-mode", "auto", "--namespace", NS, "--tls-secret", SECRET, "--service", "localhost",
+                "--cert-dir", str(relay.tmp / "auto-certs"), env={"PYTHONPROFILEIMPORTTIME": "1"})
+    await relay.wait_ready()
+    assert relay.proc is not None
+    await wait_for(lambda: relay.proc.events("relay_cert_issued"), 30, "the relay issued its leaf")
+    sub = subscribe(relay, "shop", relay.kube.token_for("shop", "shop"), ("/shared",))
+    try:
+        await wait_for(lambda: sub.state.healthy, 30, "a subscriber verifying the webhook's CA subscribed")
+        status, body = await relay.get("/readyz")
+        assert status == 200, body
+        served = (relay.tmp / "auto-certs" / "tls.crt").read_bytes()
+        assert certs.signed_by(served, ca.cert_pem) and "localhost" in certs.dns_names_of(served)
+        assert relay.kube.secret_gets >= 1 and relay.kube.reviews >= 1
+        rss = proc_rss_kib(relay.proc.popen.pid)
+        print(f"\nrelay RSS in auto TLS mode with one subscriber: {rss / 1024:.1f} MiB")
+        imported = re.findall(r"^import time:.*\|\s*([\w.]+)\s*$", relay.proc.stderr(), re.M)
+        assert "relay.kubeapi" in imported and "relay.autotls" in imported  # the import log is live
+        assert not [m for m in imported if m.split(".")[0] == "kubernetes_asyncio"]
+        assert rss < 70 * 1024  # test_relay_scale's bound for files mode; kubernetes-asyncio took it to ~91 MiB
+    finally:
+        await stop_subscribers([sub])
 
 
 async def test_settings_reload_closes_streams_the_new_policy_refuses(relay_env: RelayHarness) -> None:

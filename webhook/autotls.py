@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,10 +31,10 @@ from typing import Any
 
 from injector.log import Logger, get_logger
 from webhook import certs
+from webhook.autotls_shared import ISSUED_AT, Material, material_from_secret, run_every, write_pair  # noqa: F401 (re-exported)
 from webhook.kube import Kube, KubeError, api_client
 from webhook.reload import bytes_digest
 
-ISSUED_AT = "kms.hanzo.ai/leaf-issued-at"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "kms-injector"}
 MAX_CONFLICT_RETRIES = 5
 
@@ -63,43 +62,6 @@ class AutoTLSConfig:
 
 
 # --- pure: what the Secret should hold ------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Material:
-    """The Secret's TLS content. ca_cert is the current CA; previous_ca only during a rotation."""
-
-    leaf: certs.KeyPair
-    ca: certs.KeyPair
-    previous_ca: bytes | None = None
-    leaf_issued_at: dt.datetime | None = None
-
-    def bundle(self) -> bytes:
-        return certs.ca_bundle(self.ca.cert_pem, self.previous_ca)
-
-
-def material_from_secret(secret: dict | None) -> Material | None:
-    """Parse our Secret; None when absent or unusable (then it is made anew)."""
-    if not secret:
-        return None
-    data = secret.get("data") or {}
-    try:
-        raw = {k: base64.b64decode(v) for k, v in data.items() if isinstance(v, str)}
-        cas = certs.split_pem_bundle(raw.get("ca.crt", b""))
-        ca = certs.KeyPair(cas[0], raw["ca.key"])
-        leaf = certs.KeyPair(raw["tls.crt"], raw["tls.key"])
-        if not certs.key_matches_cert(ca.cert_pem, ca.key_pem):
-            return None
-    except (KeyError, IndexError, ValueError):
-        return None
-    issued = None
-    ann = ((secret.get("metadata") or {}).get("annotations") or {}).get(ISSUED_AT)
-    if ann:
-        try:
-            issued = dt.datetime.fromisoformat(ann.replace("Z", "+00:00"))
-        except ValueError:
-            issued = None
-    return Material(leaf=leaf, ca=ca, previous_ca=cas[1] if len(cas) > 1 else None, leaf_issued_at=issued)
-
 
 def secret_body(cfg: AutoTLSConfig, m: Material, existing: dict | None) -> dict:
     """The Secret to create, or to PUT over `existing` (its resourceVersion makes the PUT
@@ -182,16 +144,10 @@ class AutoTLS:
             self.kube = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.step()
-            except Exception as exc:  # API down, bad config: keep serving what we have, retry
-                self.log.error("autotls_step_failed", error_type=type(exc).__name__, error=_safe(exc))
-            try:
-                async with asyncio.timeout(self.cfg.tick):
-                    await stop.wait()
-            except asyncio.TimeoutError:
-                pass
+        def failed(exc: Exception) -> None:  # API down, bad config: keep serving what we have, retry
+            self.log.error("autotls_step_failed", error_type=type(exc).__name__, error=_safe(exc))
+
+        await run_every(self.step, self.cfg.tick, stop, failed)
 
     async def step(self) -> None:
         """One round: lease, then (leader) reconcile, then sync cert-dir."""
@@ -367,19 +323,6 @@ class AutoTLS:
 def certs_digest(pair: certs.KeyPair) -> str:
     """Names the pair as webhook.reload names the files it is written to."""
     return bytes_digest([pair.cert_pem, pair.key_pem])
-
-
-def write_pair(cert_dir: Path, pair: certs.KeyPair) -> None:
-    """Atomically replace tls.key then tls.crt (each via rename); the reloader checks they match."""
-    cert_dir.mkdir(parents=True, exist_ok=True)
-    for name, data, mode in (("tls.key", pair.key_pem, 0o600), ("tls.crt", pair.cert_pem, 0o644)):
-        tmp = cert_dir / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, cert_dir / name)
 
 
 async def _get_or_none(coro: Any) -> dict | None:
