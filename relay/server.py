@@ -55,16 +55,7 @@ class RelayState:
     extra_not_ready: Callable[[], list[str]] | None = None
 
     def not_ready_reasons(self) -> list[str]:
-        reasons = []
-        if self.settings is None:
-            reasons.append("settings not loaded")
-        if not self.reloader.loaded:
-            reasons.append("no serving certificate loaded yet")
-        if self.shutting_down:
-            reasons.append("shutting down")
-        if self.extra_not_ready:
-            reasons += self.extra_not_ready()
-        return reasons
+        return serving.not_ready_reasons(self)
 
     def swap_settings(self, settings: Any) -> None:
         """New settings for new subscriptions; open streams that the new policy refuses are closed

@@ -29,6 +29,7 @@ import orjson
 from aiohttp import web
 
 from injector.log import Logger, get_logger
+from webhook import serving
 from webhook.metrics import Metrics
 from webhook.review_cache import ReviewCache
 from webhook.tls import CertReloader
@@ -73,16 +74,7 @@ class WebhookState:
             self.cache.clear()
 
     def not_ready_reasons(self) -> list[str]:
-        reasons = []
-        if self.settings is None:
-            reasons.append("settings not loaded")
-        if not self.reloader.loaded:
-            reasons.append("no serving certificate loaded yet")
-        if self.shutting_down:
-            reasons.append("shutting down")
-        if self.extra_not_ready:
-            reasons += self.extra_not_ready()
-        return reasons
+        return serving.not_ready_reasons(self)
 
 
 def _status(code: int, reason: str, message: str) -> web.Response:

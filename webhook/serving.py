@@ -35,6 +35,21 @@ def default_namespace() -> str:
         return "default"
 
 
+def not_ready_reasons(state: Any) -> list[str]:
+    """Why a server state (`settings`, `reloader`, `shutting_down`, `extra_not_ready`) is not ready:
+    /readyz's reasons, [] when ready."""
+    reasons = []
+    if state.settings is None:
+        reasons.append("settings not loaded")
+    if not state.reloader.loaded:
+        reasons.append("no serving certificate loaded yet")
+    if state.shutting_down:
+        reasons.append("shutting down")
+    if state.extra_not_ready:
+        reasons += state.extra_not_ready()
+    return reasons
+
+
 def add_serving_args(p: argparse.ArgumentParser, *, settings_help: str, auto_help: str, secret_help: str) -> None:
     """--settings, --host, --port and the TLS source (--tls-mode, --tls-cert, --tls-key, --tls-secret)."""
     p.add_argument("--settings", help=settings_help)
