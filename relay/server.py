@@ -21,7 +21,6 @@ import asyncio
 import gc
 import json
 import os
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +32,11 @@ from relay.metrics import RelayCounters, render
 from relay.protocol import HEARTBEAT, MAX_BODY, PING, SubscribeError, parse_subscription, sse
 from relay.tokenreview import ReviewUnavailable, TokenReviewer, Unauthenticated
 from relay.watch import Subscriber, Watcher
+from webhook import serving
+from webhook.metrics import Metrics
 from webhook.tls import CertReloader
 
 DEFAULT_AUDIENCE = "kms-relay.hanzo.ai"
-SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 @dataclass
@@ -55,16 +55,7 @@ class RelayState:
     extra_not_ready: Callable[[], list[str]] | None = None
 
     def not_ready_reasons(self) -> list[str]:
-        reasons = []
-        if self.settings is None:
-            reasons.append("settings not loaded")
-        if not self.reloader.loaded:
-            reasons.append("no serving certificate loaded yet")
-        if self.shutting_down:
-            reasons.append("shutting down")
-        if self.extra_not_ready:
-            reasons += self.extra_not_ready()
-        return reasons
+        return serving.not_ready_reasons(self)
 
     def swap_settings(self, settings: Any) -> None:
         """New settings for new subscriptions; open streams that the new policy refuses are closed
@@ -217,30 +208,13 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not accepted; use true or false")
 
 
-def default_namespace() -> str:
-    """POD_NAMESPACE, else the service account's namespace file, else "default" (as the webhook's;
-    not imported from webhook.server: that would load aiohttp and the whole webhook, ~15 MiB)."""
-    env = os.environ.get("POD_NAMESPACE")
-    if env:
-        return env
-    try:
-        return Path(SA_NAMESPACE_FILE).read_text().strip() or "default"
-    except OSError:
-        return "default"
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="kms-injector relay",
                                 description="Run the change relay: watch each KMS folder once, notify the agents that subscribed.")
-    p.add_argument("--settings", help="the webhook's settings YAML (path policies, allowed hosts); built-in defaults when omitted")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--port", type=int, default=8443, help="HTTPS port (default 8443; 0 = any free port)")
-    p.add_argument("--tls-mode", choices=("files", "auto"), default="files",
-                   help="files: serve --tls-cert/--tls-key (cert-manager or Helm made them); auto: issue our own "
-                        "serving certificate from the webhook's self-managed CA (the Secret --tls-secret)")
-    p.add_argument("--tls-cert", help="PEM certificate file (files mode); reloaded when it changes")
-    p.add_argument("--tls-key", help="PEM private key file (files mode); reloaded when it changes")
-    p.add_argument("--tls-secret", default="kms-injector-tls", help="auto mode: the webhook's TLS Secret holding ca.crt/ca.key")
+    serving.add_serving_args(
+        p, settings_help="the webhook's settings YAML (path policies, allowed hosts); built-in defaults when omitted",
+        auto_help="issue our own serving certificate from the webhook's self-managed CA (the Secret --tls-secret)",
+        secret_help="auto mode: the webhook's TLS Secret holding ca.crt/ca.key")
     p.add_argument("--service", default="kms-injector-relay", help="auto mode: Service name the certificate is issued for")
     p.add_argument("--namespace", default=None, help="auto mode: our namespace (default: POD_NAMESPACE, then the service account's)")
     p.add_argument("--cert-dir", default="/var/run/kms-relay/tls", help="auto mode: writable dir for the served tls.crt/tls.key")
@@ -259,31 +233,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--heartbeat", type=_duration, default=HEARTBEAT, help=f"seconds between heartbeats (default {HEARTBEAT:g})")
     p.add_argument("--max-subscribers", type=int, default=20_000, help="open streams per replica before 503 (default 20000)")
     p.add_argument("--request-timeout", type=_duration, default=10.0, help="KMS request timeout (default 10s)")
-    p.add_argument("--shutdown-delay", type=float, default=0.0,
-                   help="seconds to keep serving (unready) after SIGTERM, so endpoints drop us first")
+    serving.add_shutdown_arg(p)
     args = p.parse_args(argv)
-    if args.tls_mode == "files" and not (args.tls_cert and args.tls_key):
-        p.error("--tls-mode files needs --tls-cert FILE and --tls-key FILE (or use --tls-mode auto)")
+    serving.check_serving_args(p, args)
     if not args.audience or any(c.isspace() for c in args.audience):
         p.error(f"--audience {args.audience!r} is not an audience (non-empty, no spaces)")
-    if args.namespace is None:
-        args.namespace = default_namespace()
     return args
 
 
 def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    try:
-        return asyncio.run(serve(args))
-    except KeyboardInterrupt:
-        return 0
+    return serving.run(serve, parse_args(argv))
 
 
 async def serve(args: argparse.Namespace) -> int:
     from injector.kms.auth import UniversalAuthFiles
 
     log = get_logger("relay")
-    settings_reloader, settings = _load_settings(args.settings, log)
+    settings_reloader, settings = serving.load_settings(args.settings, log, get_logger("relay.settings"), Metrics(), "relay")
     if settings is None:
         return 2
     counters = RelayCounters()
@@ -291,18 +257,9 @@ async def serve(args: argparse.Namespace) -> int:
     def on_reload(ok: bool) -> None:
         counters.tls_reloads["ok" if ok else "failed"] += 1
 
-    if args.tls_mode == "auto":
-        cert_dir = Path(args.cert_dir)
-        try:
-            cert_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            log.error("cert_dir_unwritable", cert_dir=str(cert_dir), error=exc.strerror)
-            return 2
-        cert_path, key_path = cert_dir / "tls.crt", cert_dir / "tls.key"
-    else:
-        cert_path, key_path = Path(args.tls_cert), Path(args.tls_key)
-    reloader = CertReloader(cert_path, key_path, log=get_logger("relay.tls"), on_reload=on_reload)
-    reloader.load_now()
+    reloader = serving.cert_reloader(args, log, get_logger("relay.tls"), on_reload)
+    if reloader is None:
+        return 2
 
     watcher = Watcher(credentials=UniversalAuthFiles(args.credentials_dir), api=args.api, poll_interval=args.poll_interval,
                       safety_interval=args.safety_interval, read_values=args.read_values, events=args.events,
@@ -311,10 +268,7 @@ async def serve(args: argparse.Namespace) -> int:
     state = RelayState(settings=settings, reloader=reloader, watcher=watcher, reviewer=reviewer, log=log,
                        counters=counters, heartbeat=args.heartbeat, max_subscribers=args.max_subscribers)
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(reloader.watch(stop), name="tls-watch")]
-    if settings_reloader is not None:
-        settings_reloader.on_change = state.swap_settings
-        tasks.append(asyncio.create_task(settings_reloader.watch(stop), name="settings-watch"))
+    tasks = serving.watch_tasks(stop, reloader, settings_reloader, state.swap_settings)
     auto = None
     if args.tls_mode == "auto":
         from relay.autotls import RelayAutoTLS
@@ -334,53 +288,23 @@ async def serve(args: argparse.Namespace) -> int:
     # Everything built so far lives as long as the process: keep it out of the collector's walks,
     # and collect young objects less often (10,000 subscribers are ~10^6 live objects: a full
     # collection in the middle of a fan-out delays every notice behind it).
-    gc.collect()
-    gc.freeze()
+    serving.freeze_heap()
     gc.set_threshold(50_000, 20, 100)
     port = server.port
     log.info("listening", host=args.host, port=port, tls_mode=args.tls_mode, poll_interval=args.poll_interval,
              read_values=args.read_values, events=args.events, audience=args.audience, pid=os.getpid(),
              ready=not state.not_ready_reasons())
 
-    loop = asyncio.get_running_loop()
-    got_signal = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, got_signal.set)
-    await got_signal.wait()
-    state.shutting_down = True
-    log.info("shutting_down", delay=args.shutdown_delay, subscribers=watcher.subscribers)
-    if args.shutdown_delay > 0:
-        await asyncio.sleep(args.shutdown_delay)
+    await serving.until_signal()
+    await serving.drain(state, log, args.shutdown_delay, subscribers=watcher.subscribers)
     for sub in list(state.subscribers):  # end the streams: agents reconnect to another replica
         sub.push(None)
-    stop.set()
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    if auto is not None:
-        await auto.close()
+    await serving.stop_tasks(stop, tasks, auto)
     await server.close()
     await watcher.close()
     await reviewer.close()
     log.info("stopped")
     return 0
-
-
-def _load_settings(path: str | None, log: Logger) -> tuple[Any, Any]:
-    """(reloader or None, Settings or None when invalid). The webhook's loader and hot reload."""
-    from webhook.metrics import Metrics
-    from webhook.settings import Settings
-    from webhook.settings_reload import SettingsReloader
-
-    if not path:
-        return None, Settings()
-    reloader = SettingsReloader(path, metrics=Metrics(), log=get_logger("relay.settings"))
-    try:
-        return reloader, reloader.load_now()
-    except (OSError, ValueError) as exc:  # SettingsError names the field and what is accepted
-        log.error("settings_invalid", path=path, error=str(exc))
-        print(f"kms-injector relay: {exc}", file=sys.stderr)
-        return None, None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 from injector.log import Logger
-from webhook.server import fast_logger, orjson_line
+from webhook.app import fast_logger, orjson_line
 
 
 class CountingBytes(io.BytesIO):
@@ -97,7 +97,7 @@ def test_a_closed_stream_never_takes_the_process_down() -> None:
 
 def test_queued_lines_are_written_at_exit() -> None:
     code = ("import asyncio, sys\n"
-            "from webhook.server import fast_logger\n"
+            "from webhook.app import fast_logger\n"
             "log = fast_logger('webhook')\n"
             "async def main():\n"
             "    log.info_soon('last_words', n=1)\n"

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from webhook.mutate import decide, review
 from webhook.review_input import ReviewInput, review_input
 from webhook.review_key import input_key, review_key
-from webhook.server import _envelope_error
+from webhook.app import _envelope_error
 from webhook.settings import Settings
 
 from .test_mutate_properties import FUZZ, SETTINGS, bodies, junk

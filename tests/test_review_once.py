@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from webhook.mutate import review
 from webhook.review_input import review_input
-from webhook.server import ReviewCache
+from webhook.review_cache import ReviewCache
 
 from .test_mutate_properties import FUZZ, SETTINGS, bodies
 

@@ -467,7 +467,7 @@ async def test_a_bug_in_review_fails_closed_without_leaking(ca, client_ctx, tmp_
     from aiohttp import web
 
     from injector.log import Logger
-    from webhook.server import WebhookState, make_app
+    from webhook.app import WebhookState, make_app
     from webhook.settings import Settings
     from webhook.tls import CertReloader
 

@@ -14,16 +14,15 @@ from typing import Any
 from injector.config import ConfigError, normalize_path, parse_duration
 
 from .settings import (
-    MAX_RELAY_CA_BYTES,
     AgentSettings,
     CABundle,
     KubernetesAuthSettings,
     PathPolicy,
-    RelaySettings,
     Resources,
     Settings,
-    SettingsError,
 )
+from .settings_error import SettingsError
+from .settings_relay import MAX_RELAY_CA_BYTES, RelaySettings
 
 
 def _snake(key: str) -> str:
