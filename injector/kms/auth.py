@@ -229,6 +229,7 @@ class TokenManager:
         self._generation = 0  # token replaced or dropped
         self._epoch = 0  # credentials changed (invalidate() without a token)
         self._lock = asyncio.Lock()
+        self._stored = asyncio.Event()  # set whenever a token is stored (a token keeper waits on it)
         # which rejections mean "log in afresh and retry once" (a backend may say it differently)
         self.needs_fresh_login: Callable[[Response], bool] = needs_fresh_login
         # counters for metrics and tests
@@ -270,7 +271,17 @@ class TokenManager:
             return False
         self._token = tok
         self._generation += 1
+        self._stored.set()
         return True
+
+    async def wait_stored(self, timeout: float) -> None:
+        """Return when a token is stored (a login or renewal), or after `timeout` seconds."""
+        self._stored.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._stored.wait()
+        except TimeoutError:
+            pass
 
     def valid_token(self) -> str | None:
         """The current token if it has not expired yet, without logging in or renewing."""

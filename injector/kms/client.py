@@ -42,6 +42,7 @@ from injector.kms.secrets import LOCAL_ETAG_PREFIX, FetchResult, HiddenValue, Sh
 __all__ = ["KmsClient", "FetchResult", "build_client", "pod_user_agent"]
 
 SECRETS_PATH = "/v3/secrets/raw"
+KEEPER_RECHECK = 600.0  # the token keeper's re-check with nothing to keep (`api: auto` may swap managers)
 STATUS_PATH = "/status"  # the Infisical status route, under the API base ({host}/api/status)
 APIS = ("infisical", "canonical", "auto")
 VERSION = "0.1.0"  # the distribution's version (pyproject.toml; a test keeps them equal)
@@ -331,8 +332,8 @@ class KmsClient:
         while True:
             tokens = self.tokens  # re-read: `api: auto` may switch token managers on detection
             wait = tokens.renew_wait(horizon)
-            if wait is None:
-                await asyncio.sleep(min(30.0, horizon))  # a login by the sync loop may bring a short token
+            if wait is None:  # nothing to keep: sleep until a login (by the sync loop) stores a token,
+                await tokens.wait_stored(KEEPER_RECHECK)  # not once per poll (a wake-up costs CPU)
             elif wait > 0:
                 await asyncio.sleep(wait)
             elif await tokens.renew_now():
