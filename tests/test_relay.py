@@ -8,6 +8,7 @@ The helpers here (RelayHarness, FakeKubeAuth, ...) are imported by the other tes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -337,9 +338,11 @@ async def stop_subscribers(subs: list[Subscriber]) -> None:
     await asyncio.gather(*(s.task for s in subs if s.task), return_exceptions=True)
 
 
-@pytest.fixture
-async def relay_env(tmp_path: Path):
-    kms = RecordingKms(events=False)  # the profile with no event stream: the relay must poll
+@contextlib.asynccontextmanager
+async def relay_environment(tmp_path: Path, events: bool):
+    """A recording dev KMS (with or without its event stream), the TokenReview stand-in and a
+    prepared (not yet started) relay harness; all stopped afterwards."""
+    kms = RecordingKms(events=events)
     kube = FakeKubeAuth()
     await kms.start()
     await kube.start()
@@ -351,6 +354,12 @@ async def relay_env(tmp_path: Path):
         relay.stop()
         await kube.stop()
         await kms.stop()
+
+
+@pytest.fixture
+async def relay_env(tmp_path: Path):
+    async with relay_environment(tmp_path, events=False) as relay:  # no event stream: the relay must poll
+        yield relay
 
 
 def metric_value(text: str, line_prefix: str) -> float:

@@ -14,24 +14,14 @@ import pytest
 from aiohttp import web
 
 from tests.agent_support import serve_app, wait_for
-from tests.test_relay import (FakeKubeAuth, RecordingKms, RelayHarness, metric_value, relay_env,  # noqa: F401 (fixture)
+from tests.test_relay import (RelayHarness, metric_value, relay_env, relay_environment,  # noqa: F401 (fixture)
                               stop_subscribers, subscribe)
 
 
 @pytest.fixture
 async def relay_with_events(tmp_path: Path):
-    kms = RecordingKms(events=True)
-    kube = FakeKubeAuth()
-    await kms.start()
-    await kube.start()
-    relay = RelayHarness(tmp_path, kms, kube)
-    relay.prepare()
-    try:
+    async with relay_environment(tmp_path, events=True) as relay:
         yield relay
-    finally:
-        relay.stop()
-        await kube.stop()
-        await kms.stop()
 
 
 async def test_event_stream_one_per_project_makes_notices_faster_than_the_poll(relay_with_events: RelayHarness) -> None:
